@@ -1,0 +1,34 @@
+"""sqlalchemy-smartpool: a fair, adaptive, observable connection pool for SQLAlchemy.
+
+``create_engine(url, poolclass=SmartPool)`` or ``?plugin=smartpool`` in the URL.
+"""
+
+from __future__ import annotations
+
+from .breaker import BreakerState
+from .config import CircuitBreakerConfig, PoolConfig
+from .errors import (
+    CircuitOpenError,
+    ConfigError,
+    PoolClosed,
+    PoolTimeout,
+    TooManyWaiters,
+)
+from .pool import SmartPool
+from .stats import PoolStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BreakerState",
+    "CircuitBreakerConfig",
+    "CircuitOpenError",
+    "ConfigError",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolStats",
+    "PoolTimeout",
+    "SmartPool",
+    "TooManyWaiters",
+    "__version__",
+]

@@ -1,0 +1,166 @@
+"""Circuit breaker: stop dialing a database that keeps failing, probe it one at a time.
+
+Pure policy: no threads, no I/O, time comes from an injected clock. The pool
+asks :meth:`CircuitBreaker.allow_connect` before it dials and reports each
+outcome; the breaker answers whether to dial and when the next probe is due.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+
+from .backoff import Backoff
+from .config import CircuitBreakerConfig
+
+logger = logging.getLogger("sqlalchemy_smartpool.breaker")
+
+
+class BreakerState(str, enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker:
+    """closed -> open after repeated connect failures -> half-open (one probe) -> closed.
+
+    ``on_transition(old, new)`` is called for every state change (the pool
+    counts and logs them there).
+    """
+
+    def __init__(
+        self,
+        config: CircuitBreakerConfig,
+        clock: Callable[[], float],
+        *,
+        rng: random.Random | None = None,
+        name: str = "pool",
+        on_transition: Callable[[BreakerState, BreakerState], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._name = name
+        self._on_transition = on_transition
+        self._backoff = Backoff(
+            config.backoff_initial,
+            config.backoff_max,
+            multiplier=config.backoff_multiplier,
+            jitter=config.jitter,
+            rng=rng,
+        )
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self.next_probe_at = 0.0
+        self.probe_in_flight = False
+        self.last_error: str | None = None
+        # (time, ok) of recent connects, only kept when a failure ratio is configured
+        self._window: deque[tuple[float, bool]] = deque()
+
+    # -- questions -------------------------------------------------------------------
+
+    def allow_connect(self) -> bool:
+        """May the pool dial now? In half-open this grants the single probe."""
+        if not self.config.enabled or self.state is BreakerState.CLOSED:
+            return True
+        if self.probe_in_flight:
+            return False
+        if self._clock() >= self.next_probe_at:
+            if self.state is BreakerState.OPEN:
+                self._move(BreakerState.HALF_OPEN)
+            self.probe_in_flight = True
+            return True
+        return False
+
+    def retry_after(self) -> float:
+        """Seconds until the next probe may go (0 when closed)."""
+        if self.state is BreakerState.CLOSED:
+            return 0.0
+        return max(0.0, self.next_probe_at - self._clock())
+
+    @property
+    def is_open(self) -> bool:
+        """True while checkouts that need a new connection must fail fast."""
+        return self.config.enabled and self.state is not BreakerState.CLOSED
+
+    # -- outcomes --------------------------------------------------------------------
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+        self.probe_in_flight = False
+        if self.config.failure_ratio is not None:
+            self._note(True)
+        if self.state is not BreakerState.CLOSED:
+            self._backoff.reset()
+            self._move(BreakerState.CLOSED)
+
+    def record_failure(self, error: BaseException | None = None) -> None:
+        self.consecutive_failures += 1
+        self.probe_in_flight = False
+        if error is not None:
+            # the class name only: driver messages can carry host names and user names
+            self.last_error = type(error).__name__
+        if not self.config.enabled:
+            return
+        if self.state is not BreakerState.CLOSED:
+            # a failed probe: back off further
+            self.next_probe_at = self._clock() + self._backoff.next_delay()
+            self._move(BreakerState.OPEN)
+            return
+        ratio_tripped = False
+        if self.config.failure_ratio is not None:
+            self._note(False)
+            ratio_tripped = self._ratio_exceeded()
+        if self.consecutive_failures >= self.config.failure_threshold or ratio_tripped:
+            self._backoff.reset()
+            self.next_probe_at = self._clock() + self._backoff.next_delay()
+            self._move(BreakerState.OPEN)
+
+    def reset(self) -> None:
+        """Forget all history (used by ``dispose()``)."""
+        self.consecutive_failures = 0
+        self.probe_in_flight = False
+        self._window.clear()
+        self._backoff.reset()
+        if self.state is not BreakerState.CLOSED:
+            self._move(BreakerState.CLOSED)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _note(self, ok: bool) -> None:
+        now = self._clock()
+        self._window.append((now, ok))
+        horizon = now - self.config.ratio_window
+        while self._window and self._window[0][0] < horizon:
+            self._window.popleft()
+
+    def _ratio_exceeded(self) -> bool:
+        calls = len(self._window)
+        if calls < self.config.ratio_min_calls or self.config.failure_ratio is None:
+            return False
+        failures = sum(1 for _, ok in self._window if not ok)
+        return failures / calls >= self.config.failure_ratio
+
+    def _move(self, new: BreakerState) -> None:
+        old = self.state
+        if old is new:
+            return
+        self.state = new
+        if new is BreakerState.OPEN and old is BreakerState.CLOSED:
+            logger.warning(
+                "pool %s: circuit breaker opened after %d consecutive connect failures (%s); "
+                "next probe in %.2fs",
+                self._name,
+                self.consecutive_failures,
+                self.last_error or "unknown error",
+                self.retry_after(),
+            )
+        elif new is BreakerState.CLOSED:
+            logger.warning("pool %s: circuit breaker closed, database reachable again", self._name)
+        else:
+            logger.info("pool %s: circuit breaker %s -> %s", self._name, old.value, new.value)
+        if self._on_transition is not None:
+            self._on_transition(old, new)

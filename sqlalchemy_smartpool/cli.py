@@ -1,0 +1,25 @@
+"""The ``smartpool`` command: ``smartpool demo`` and ``smartpool bench SCENARIO``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="smartpool", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="bursty workload on embedded SQLite with a live view")
+    sub.add_parser("bench", help="benchmark scenarios vs QueuePool / psycopg_pool", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(rest)
+    from .demo import main as demo_main
+
+    return demo_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

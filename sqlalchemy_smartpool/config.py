@@ -1,0 +1,288 @@
+"""Pool settings: one frozen, validated value object.
+
+Every field is checked when the object is built, so a misconfigured pool fails
+at construction, never on the 10,000th checkout. Settings that arrive as text
+(URL query, environment) go through :meth:`PoolConfig.from_strings`, which
+coerces each value by its field's type and names the field on failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, get_args
+
+from .errors import ConfigError
+
+ReuseStrategy = Literal["fifo", "lifo"]
+REUSE_STRATEGIES: tuple[str, ...] = get_args(ReuseStrategy)
+
+#: Prefix of the environment variables read by :meth:`PoolConfig.from_env`.
+ENV_PREFIX = "SMARTPOOL_"
+#: Prefix of the URL query keys read by the ``smartpool`` engine plugin.
+URL_PREFIX = "smartpool_"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    allow_none: bool = False,
+    strict_min: bool = False,
+) -> None:
+    if value is None:
+        if allow_none:
+            return
+        raise ConfigError(name, value, "a value is required")
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(name, value, f"must be {kind}")
+    if not integer and not math.isfinite(value):
+        raise ConfigError(name, value, "must be finite")
+    if minimum is not None:
+        if strict_min and value <= minimum:
+            raise ConfigError(name, value, f"must be > {minimum:g}")
+        if not strict_min and value < minimum:
+            raise ConfigError(name, value, f"must be >= {minimum:g}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(name, value, f"must be <= {maximum:g}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CircuitBreakerConfig:
+    """When the pool stops dialing a database that keeps failing, and how it probes.
+
+    The breaker opens after ``failure_threshold`` consecutive connect failures
+    (or, with ``failure_ratio`` set, when that share of the connects in the last
+    ``ratio_window`` seconds failed, over at least ``ratio_min_calls`` of them).
+    While open it lets one probe through at a time, waiting between probes with
+    exponential backoff from ``backoff_initial`` to ``backoff_max`` seconds,
+    each delay spread by +/- ``jitter`` (a fraction) so fleets do not probe in step.
+    """
+
+    enabled: bool = True
+    failure_threshold: int = 5
+    failure_ratio: float | None = None
+    ratio_window: float = 10.0
+    ratio_min_calls: int = 10
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    backoff_multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("breaker.enabled", self.enabled, "must be a bool")
+        _check_number("breaker.failure_threshold", self.failure_threshold, integer=True, minimum=1)
+        _check_number(
+            "breaker.failure_ratio",
+            self.failure_ratio,
+            minimum=0,
+            maximum=1,
+            allow_none=True,
+            strict_min=True,
+        )
+        _check_number("breaker.ratio_window", self.ratio_window, minimum=0, strict_min=True)
+        _check_number("breaker.ratio_min_calls", self.ratio_min_calls, integer=True, minimum=1)
+        _check_number("breaker.backoff_initial", self.backoff_initial, minimum=0, strict_min=True)
+        _check_number("breaker.backoff_max", self.backoff_max, minimum=0, strict_min=True)
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError(
+                "breaker.backoff_max",
+                self.backoff_max,
+                f"must be >= breaker.backoff_initial ({self.backoff_initial!r})",
+            )
+        _check_number("breaker.backoff_multiplier", self.backoff_multiplier, minimum=1)
+        _check_number("breaker.jitter", self.jitter, minimum=0, maximum=1, strict_min=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """Every SmartPool setting, with the default a production service should start from.
+
+    Durations are seconds (floats). ``None`` turns an optional behaviour off.
+    """
+
+    #: Connections kept open even when idle; opened in the background at start.
+    min_size: int = 5
+    #: Hard ceiling of open connections (idle + in use + being opened).
+    max_size: int = 100
+    #: How long a checkout waits for a connection before :class:`PoolTimeout`.
+    acquire_timeout: float = 30.0
+    #: Idle connections above ``min_size`` are closed after idling this long.
+    idle_timeout: float = 600.0
+    #: Connections are retired after this age (spread by ``lifetime_jitter``); never while in use.
+    max_lifetime: float | None = 1800.0
+    #: Fraction of ``max_lifetime`` by which each connection's end is moved earlier at random.
+    lifetime_jitter: float = 0.1
+    #: Idle connections are pinged after idling this long, to keep firewalls and servers from dropping them.
+    keepalive_interval: float | None = None
+    #: Which idle connection a checkout takes: the most recently used ("lifo", keeps the
+    #: working set hot and lets the rest idle out) or the least recently used ("fifo").
+    reuse: ReuseStrategy = "lifo"
+    #: Validate a connection on checkout when it sat idle longer than ``validation_interval``.
+    validate_on_checkout: bool = True
+    validation_interval: float = 0.5
+    #: SQL to validate with; ``None`` uses the dialect's own ping.
+    validation_query: str | None = None
+    #: A validation that takes longer than this fails and the connection is replaced.
+    validation_timeout: float = 5.0
+    #: Most callers allowed to wait at once; more fail fast with :class:`TooManyWaiters`. 0 = no cap.
+    max_waiting: int = 0
+    #: Connections opened at the same time by the background connector.
+    max_concurrent_connects: int = 2
+    #: Passed to drivers that support it, so an unreachable host cannot hang a connect.
+    connect_timeout: float | None = 10.0
+    #: Extra attempts of a connect that failed with a transient error, with backoff and jitter.
+    retry_attempts: int = 2
+    retry_backoff_initial: float = 0.05
+    retry_backoff_max: float = 2.0
+    #: A checkout held longer than this is reported as a suspected leak. ``None`` = off.
+    leak_detection_threshold: float | None = None
+    #: How often the housekeeper wakes for timed work (shrinking, lifetimes, keepalive, leaks).
+    housekeeping_interval: float = 0.5
+    #: Keep acquire-wait percentiles (a few hundred ns per checkout).
+    track_wait_times: bool = True
+    #: Name used in logs and metrics; defaults to the pool's id.
+    name: str | None = None
+    breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
+
+    def __post_init__(self) -> None:
+        _check_number("min_size", self.min_size, integer=True, minimum=0)
+        _check_number("max_size", self.max_size, integer=True, minimum=1)
+        if self.min_size > self.max_size:
+            raise ConfigError(
+                "min_size", self.min_size, f"must be <= max_size ({self.max_size!r})"
+            )
+        _check_number("acquire_timeout", self.acquire_timeout, minimum=0)
+        _check_number("idle_timeout", self.idle_timeout, minimum=0, strict_min=True)
+        _check_number("max_lifetime", self.max_lifetime, minimum=0, strict_min=True, allow_none=True)
+        _check_number("lifetime_jitter", self.lifetime_jitter, minimum=0, maximum=0.5)
+        _check_number(
+            "keepalive_interval", self.keepalive_interval, minimum=0, strict_min=True, allow_none=True
+        )
+        if self.reuse not in REUSE_STRATEGIES:
+            raise ConfigError("reuse", self.reuse, f"must be one of {', '.join(REUSE_STRATEGIES)}")
+        if not isinstance(self.validate_on_checkout, bool):
+            raise ConfigError("validate_on_checkout", self.validate_on_checkout, "must be a bool")
+        _check_number("validation_interval", self.validation_interval, minimum=0)
+        if self.validation_query is not None and (
+            not isinstance(self.validation_query, str) or not self.validation_query.strip()
+        ):
+            raise ConfigError("validation_query", self.validation_query, "must be non-empty SQL")
+        _check_number("validation_timeout", self.validation_timeout, minimum=0, strict_min=True)
+        _check_number("max_waiting", self.max_waiting, integer=True, minimum=0)
+        _check_number("max_concurrent_connects", self.max_concurrent_connects, integer=True, minimum=1)
+        _check_number(
+            "connect_timeout", self.connect_timeout, minimum=0, strict_min=True, allow_none=True
+        )
+        _check_number("retry_attempts", self.retry_attempts, integer=True, minimum=0)
+        _check_number("retry_backoff_initial", self.retry_backoff_initial, minimum=0)
+        _check_number("retry_backoff_max", self.retry_backoff_max, minimum=0)
+        if self.retry_backoff_max < self.retry_backoff_initial:
+            raise ConfigError(
+                "retry_backoff_max",
+                self.retry_backoff_max,
+                f"must be >= retry_backoff_initial ({self.retry_backoff_initial!r})",
+            )
+        _check_number(
+            "leak_detection_threshold",
+            self.leak_detection_threshold,
+            minimum=0,
+            strict_min=True,
+            allow_none=True,
+        )
+        _check_number("housekeeping_interval", self.housekeeping_interval, minimum=0, strict_min=True)
+        if not isinstance(self.track_wait_times, bool):
+            raise ConfigError("track_wait_times", self.track_wait_times, "must be a bool")
+        if self.name is not None and not isinstance(self.name, str):
+            raise ConfigError("name", self.name, "must be a string")
+        if not isinstance(self.breaker, CircuitBreakerConfig):
+            raise ConfigError("breaker", self.breaker, "must be a CircuitBreakerConfig")
+
+    # -- building from other sources -------------------------------------------------
+
+    def replace(self, **changes: Any) -> PoolConfig:
+        """A copy with ``changes`` applied (and validated); unknown names raise ConfigError."""
+        _reject_unknown(changes)
+        breaker_changes = {k[len("breaker_") :]: v for k, v in changes.items() if k.startswith("breaker_")}
+        plain = {k: v for k, v in changes.items() if not k.startswith("breaker_")}
+        if breaker_changes:
+            plain["breaker"] = dataclasses.replace(plain.get("breaker", self.breaker), **breaker_changes)
+        return dataclasses.replace(self, **plain)
+
+    @classmethod
+    def from_strings(cls, values: Mapping[str, str], *, base: PoolConfig | None = None) -> PoolConfig:
+        """Build from text values (URL query, environment), coercing each by its field's type.
+
+        Breaker fields are spelled ``breaker_<field>``. The empty string or
+        ``none`` turns an optional field off.
+        """
+        base = base or cls()
+        changes = {name: coerce_setting(name, raw) for name, raw in values.items()}
+        return base.replace(**changes)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, prefix: str = ENV_PREFIX
+    ) -> PoolConfig:
+        """Build from ``SMARTPOOL_<FIELD>`` environment variables (e.g. ``SMARTPOOL_MAX_SIZE=50``)."""
+        environ = os.environ if environ is None else environ
+        values = {
+            key[len(prefix) :].lower(): value
+            for key, value in environ.items()
+            if key.startswith(prefix) and key[len(prefix) :].lower() in field_types()
+        }
+        return cls.from_strings(values)
+
+
+def field_types() -> dict[str, str]:
+    """Every settable name (breaker fields as ``breaker_<field>``) with its annotated type."""
+    names = {f.name: str(f.type) for f in dataclasses.fields(PoolConfig) if f.name != "breaker"}
+    names.update({f"breaker_{f.name}": str(f.type) for f in dataclasses.fields(CircuitBreakerConfig)})
+    return names
+
+
+def _reject_unknown(changes: Mapping[str, Any]) -> None:
+    known = field_types()
+    for name, value in changes.items():
+        if name not in known and name != "breaker":
+            raise ConfigError(name, value, "unknown pool setting")
+
+
+def coerce_setting(name: str, raw: Any) -> Any:
+    """Turn a text value (URL, env) into its field's type; other values pass through."""
+    types = field_types()
+    if name not in types:
+        raise ConfigError(name, raw, "unknown pool setting")
+    if not isinstance(raw, str):
+        return raw
+    annotation = types[name]
+    text = raw.strip()
+    if "None" in annotation and text.lower() in {"", "none", "null", "off"}:
+        return None
+    if annotation.startswith("bool"):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(name, raw, "must be a boolean (true/false, 1/0, yes/no, on/off)")
+    if annotation.startswith("int"):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(name, raw, "must be an integer") from None
+    if annotation.startswith("float"):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(name, raw, "must be a number") from None
+    return text

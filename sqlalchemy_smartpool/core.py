@@ -1,0 +1,417 @@
+"""The pool's state machine, shared by every adapter (SQLAlchemy, asyncio, Redis).
+
+Pure bookkeeping: no threads, no sockets, no locks. The adapter holds one
+lock around every call, performs the I/O the core asks for (open, close,
+ping) outside it, and wakes the waiters the core hands back with whatever
+primitive suits it (a ``threading.Lock``, an ``asyncio.Future``). Time comes
+from the ``now`` arguments, so the whole policy is testable with a fake clock.
+
+Rules the core enforces:
+
+* fairness: a returned or new connection goes to the longest waiter; a
+  caller only takes an idle connection when nobody is waiting (no barging);
+* growth without stalls: connects run in the background and race the
+  returns, so a caller never waits on a connect a returned connection beats;
+* bounds: ``size + pending <= max_size`` always, ``size >= min_size``
+  restored by background connects, idle ones above it closed after
+  ``idle_timeout``, every connection retired by its jittered lifetime, never
+  while in use.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from . import stats as S
+from .breaker import BreakerState, CircuitBreaker
+from .config import PoolConfig
+from .errors import CircuitOpenError, PoolClosed, TooManyWaiters
+from .sizing import connects_wanted, idle_to_close
+
+C = TypeVar("C")
+
+_ids = itertools.count(1)
+
+
+class Slot(Generic[C]):
+    """One open connection and the pool's notes about it."""
+
+    __slots__ = (
+        "conn",
+        "id",
+        "created_at",
+        "expires_at",
+        "last_used",
+        "validated_at",
+        "checked_out_at",
+        "lease",
+    )
+
+    def __init__(self, conn: C, now: float, expires_at: float) -> None:
+        self.conn = conn
+        self.id = next(_ids)
+        self.created_at = now
+        self.expires_at = expires_at
+        self.last_used = now
+        self.validated_at = now
+        self.checked_out_at = 0.0
+        # set by leak tracking while checked out: (thread name, stack), else None
+        self.lease: object | None = None
+
+    def __repr__(self) -> str:
+        return f"<Slot #{self.id}>"
+
+
+class Waiter(Generic[C]):
+    """A caller queued for a connection. Adapters subclass it to add a wake primitive."""
+
+    __slots__ = ("slot", "error", "since")
+
+    def __init__(self, since: float) -> None:
+        self.slot: Slot[C] | None = None
+        self.error: BaseException | None = None
+        self.since = since
+
+    def wake(self) -> None:
+        """Called by the adapter after ``slot`` or ``error`` was set."""
+
+
+class HousekeepingPlan(Generic[C]):
+    """What the housekeeper must do after one tick, outside the lock."""
+
+    __slots__ = ("close", "ping", "connects", "leaks")
+
+    def __init__(self) -> None:
+        self.close: list[Slot[C]] = []
+        self.ping: list[Slot[C]] = []
+        self.connects = 0
+        self.leaks: list[Slot[C]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.close or self.ping or self.connects or self.leaks)
+
+
+class PoolCore(Generic[C]):
+    """Counts, idle connections, waiters and the policies that move them."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        clock: Callable[[], float],
+        *,
+        name: str = "pool",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self._rng = rng or random.Random()
+        self._lifo = config.reuse == "lifo"
+        self.idle: deque[Slot[C]] = deque()
+        self.waiters: deque[Waiter[C]] = deque()
+        #: every checked-out slot, by id (needed for leak tracking and invariants)
+        self.leased: dict[int, Slot[C]] = {}
+        #: open connections: idle + in use + being pinged by the housekeeper
+        self.size = 0
+        #: connects in flight
+        self.pending = 0
+        #: idle slots taken out by the housekeeper for a keepalive ping
+        self.maintaining = 0
+        self.closed = False
+        #: slots validated before this instant are validated on their next checkout
+        self.suspect_before = 0.0
+        self.counters: dict[str, int] = dict.fromkeys(S.COUNTERS, 0)
+        self.breaker = CircuitBreaker(
+            config.breaker, clock, rng=self._rng, name=name, on_transition=self._breaker_moved
+        )
+
+    # -- derived gauges ---------------------------------------------------------------
+
+    @property
+    def in_use(self) -> int:
+        return len(self.leased)
+
+    def new_slot(self, conn: C, now: float) -> Slot[C]:
+        """Wrap a freshly opened connection, drawing its jittered end of life."""
+        lifetime = self.config.max_lifetime
+        if lifetime is None:
+            expires = float("inf")
+        else:
+            expires = now + lifetime * (1.0 - self.config.lifetime_jitter * self._rng.random())
+        return Slot(conn, now, expires)
+
+    # -- checkout ---------------------------------------------------------------------
+
+    def take_idle(self, now: float) -> Slot[C] | None:
+        """The fast path: an idle connection if nobody is queued ahead of the caller."""
+        if self.waiters or not self.idle:
+            return None
+        slot = self.idle.pop() if self._lifo else self.idle.popleft()
+        self._lease(slot, now)
+        return slot
+
+    def add_waiter(self, waiter: Waiter[C]) -> None:
+        """Queue a caller, or refuse at once when waiting cannot help."""
+        if self.closed:
+            raise PoolClosed(f"pool {self.name} is closed")
+        cap = self.config.max_waiting
+        if cap and len(self.waiters) >= cap:
+            self.counters[S.REJECTED_FULL] += 1
+            raise TooManyWaiters(
+                f"pool {self.name}: wait queue full ({len(self.waiters)} waiting, "
+                f"max_waiting={cap}); {self.describe()}"
+            )
+        if self._breaker_blocks():
+            self.counters[S.REJECTED_BREAKER] += 1
+            raise self._circuit_error()
+        self.waiters.append(waiter)
+
+    def remove_waiter(self, waiter: Waiter[C]) -> bool:
+        """Withdraw a waiter that gave up. False if it was already served (use its slot)."""
+        if waiter.slot is not None or waiter.error is not None:
+            return False
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            return False
+        return True
+
+    def note_timeout(self) -> None:
+        self.counters[S.TIMEOUTS] += 1
+
+    def plan_connects(self, now: float) -> int:
+        """How many background connects to start now; they are counted as pending."""
+        if self.closed:
+            return 0
+        want = connects_wanted(
+            size=self.size,
+            pending=self.pending,
+            waiting=len(self.waiters),
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+            max_concurrent=self.config.max_concurrent_connects,
+        )
+        if want and not self.breaker.allow_connect():
+            return 0
+        if want and self.breaker.state is BreakerState.HALF_OPEN:
+            want = 1  # exactly one probe at a time
+        self.pending += want
+        return want
+
+    # -- results of background work ---------------------------------------------------
+
+    def connect_succeeded(self, conn: C, now: float) -> tuple[Slot[C], Waiter[C] | None]:
+        """A background connect finished: serve the longest waiter or park it idle."""
+        self.pending -= 1
+        self.size += 1
+        self.counters[S.CONNECTIONS_CREATED] += 1
+        self.breaker.record_success()
+        slot = self.new_slot(conn, now)
+        return slot, self._place(slot, now)
+
+    def connect_failed(self, error: BaseException, now: float) -> list[Waiter[C]]:
+        """A background connect failed: tell the breaker; fail waiters it leaves hopeless."""
+        self.pending -= 1
+        self.counters[S.CONNECTIONS_FAILED] += 1
+        self.breaker.record_failure(error)
+        if self._breaker_blocks() and not self.pending:
+            failed = list(self.waiters)
+            self.waiters.clear()
+            err = self._circuit_error()
+            for w in failed:
+                w.error = err
+            self.counters[S.REJECTED_BREAKER] += len(failed)
+            return failed
+        return []
+
+    # -- checkin ----------------------------------------------------------------------
+
+    def checkin(self, slot: Slot[C], now: float, *, usable: bool = True) -> tuple[Waiter[C] | None, bool]:
+        """A connection came back. Returns (waiter to wake, whether to close the connection).
+
+        ``usable=False`` means the adapter found it invalidated or detached: it
+        leaves the pool and a replacement is planned by the next ``plan_connects``.
+        """
+        self.leased.pop(slot.id, None)
+        slot.last_used = now
+        if not usable:
+            self.size -= 1
+            self.counters[S.CONNECTIONS_INVALIDATED] += 1
+            return None, True
+        if now >= slot.expires_at or self.closed:
+            self.size -= 1
+            if not self.closed:
+                self.counters[S.CONNECTIONS_EXPIRED] += 1
+            return None, True
+        return self._place(slot, now), False
+
+    def discard(self, slot: Slot[C]) -> None:
+        """A connection the caller holds (checked out or taken for a ping) is gone."""
+        if self.leased.pop(slot.id, None) is None:
+            self.maintaining -= 1
+        self.size -= 1
+        self.counters[S.CONNECTIONS_INVALIDATED] += 1
+
+    def validation_due(self, slot: Slot[C], now: float) -> bool:
+        """Validate a checkout only if it sat idle long enough for the server or network
+        to have dropped it, or if a disconnect seen elsewhere made it suspect."""
+        if not self.config.validate_on_checkout:
+            return False
+        if slot.validated_at < self.suspect_before:
+            return True
+        return now - slot.last_used > self.config.validation_interval
+
+    def mark_suspect(self, now: float) -> None:
+        """A disconnect was seen: every connection older than now is validated before reuse."""
+        self.suspect_before = now
+
+    # -- housekeeping -----------------------------------------------------------------
+
+    def housekeep(self, now: float) -> HousekeepingPlan[C]:
+        """One tick of timed work: retire expired and surplus idle connections, pick
+        long-idle ones for a keepalive ping, refill to ``min_size``, find leaks."""
+        plan: HousekeepingPlan[C] = HousekeepingPlan()
+        cfg = self.config
+        if self.idle:
+            keep: deque[Slot[C]] = deque()
+            for slot in self.idle:
+                if now >= slot.expires_at:
+                    plan.close.append(slot)
+                    self.counters[S.CONNECTIONS_EXPIRED] += 1
+                else:
+                    keep.append(slot)
+            surplus = idle_to_close(
+                idle_since=[s.last_used for s in keep],
+                size=self.size - len(plan.close),
+                min_size=cfg.min_size,
+                idle_timeout=cfg.idle_timeout,
+                now=now,
+            )
+            if surplus:
+                closing = set(surplus)
+                kept = deque()
+                for i, slot in enumerate(keep):
+                    if i in closing:
+                        plan.close.append(slot)
+                        self.counters[S.CONNECTIONS_IDLE_CLOSED] += 1
+                    else:
+                        kept.append(slot)
+                keep = kept
+            if cfg.keepalive_interval is not None:
+                stay: deque[Slot[C]] = deque()
+                for slot in keep:
+                    if now - max(slot.last_used, slot.validated_at) >= cfg.keepalive_interval:
+                        plan.ping.append(slot)
+                    else:
+                        stay.append(slot)
+                keep = stay
+            self.idle = keep
+            self.size -= len(plan.close)
+            self.maintaining += len(plan.ping)
+        threshold = cfg.leak_detection_threshold
+        if threshold is not None:
+            for slot in self.leased.values():
+                if slot.lease is not None and now - slot.checked_out_at >= threshold:
+                    plan.leaks.append(slot)
+        plan.connects = self.plan_connects(now)
+        return plan
+
+    def pinged(self, slot: Slot[C], ok: bool, now: float) -> tuple[Waiter[C] | None, bool]:
+        """A keepalive ping ended. Returns (waiter to wake, whether to close it)."""
+        self.maintaining -= 1
+        self.counters[S.KEEPALIVES] += 1
+        if not ok:
+            self.size -= 1
+            self.counters[S.CONNECTIONS_INVALIDATED] += 1
+            return None, True
+        slot.validated_at = now
+        return self._place(slot, now, touch=False), False
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def drain_idle(self) -> list[Slot[C]]:
+        """Take every idle connection out (for ``dispose``); the caller closes them."""
+        drained = list(self.idle)
+        self.idle.clear()
+        self.size -= len(drained)
+        return drained
+
+    def close(self) -> tuple[list[Slot[C]], list[Waiter[C]]]:
+        """Close for good: idle connections to close and waiters to fail."""
+        self.closed = True
+        waiters = list(self.waiters)
+        self.waiters.clear()
+        err = PoolClosed(f"pool {self.name} is closed")
+        for w in waiters:
+            w.error = err
+        return self.drain_idle(), waiters
+
+    # -- reporting --------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """The pool's state in one line, for error messages."""
+        return (
+            f"size={self.size} in_use={self.in_use} idle={len(self.idle)} "
+            f"waiting={len(self.waiters)} pending={self.pending} "
+            f"min_size={self.config.min_size} max_size={self.config.max_size} "
+            f"timeout={self.config.acquire_timeout:g}s breaker={self.breaker.state.value}"
+        )
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the counts disagree (used by tests; cheap enough to call often)."""
+        assert self.size >= 0, self.describe()
+        assert self.pending >= 0, self.describe()
+        assert self.maintaining >= 0, self.describe()
+        assert self.size == len(self.idle) + len(self.leased) + self.maintaining, self.describe()
+        assert self.size + self.pending <= self.config.max_size, self.describe()
+        assert not (self.idle and self.waiters), self.describe()
+        ids = [s.id for s in self.idle]
+        assert len(ids) == len(set(ids)), "a connection is idle twice"
+        assert not set(ids) & set(self.leased), "a connection is both idle and checked out"
+
+    # -- internals --------------------------------------------------------------------
+
+    def _lease(self, slot: Slot[C], now: float) -> None:
+        slot.checked_out_at = now
+        self.leased[slot.id] = slot
+        self.counters[S.CHECKOUTS] += 1
+
+    def _place(self, slot: Slot[C], now: float, *, touch: bool = True) -> Waiter[C] | None:
+        """Give a connection to the longest waiter, else park it idle."""
+        if touch:
+            slot.last_used = now
+        if self.waiters:
+            waiter = self.waiters.popleft()
+            self._lease(slot, now)
+            self.counters[S.CHECKOUTS_WAITED] += 1
+            waiter.slot = slot
+            return waiter
+        self.idle.append(slot)
+        return None
+
+    def _breaker_blocks(self) -> bool:
+        """Waiting is hopeless when the breaker is open and no connection can come back."""
+        return (
+            self.breaker.is_open
+            and not self.idle
+            and not self.leased
+            and not self.maintaining
+            and self.breaker.retry_after() > 0
+        )
+
+    def _circuit_error(self) -> CircuitOpenError:
+        retry = self.breaker.retry_after()
+        return CircuitOpenError(
+            f"pool {self.name}: circuit breaker open after "
+            f"{self.breaker.consecutive_failures} failed connects "
+            f"({self.breaker.last_error or 'unknown error'}); next probe in {retry:.2f}s; "
+            f"{self.describe()}",
+            retry,
+        )
+
+    def _breaker_moved(self, old: BreakerState, new: BreakerState) -> None:
+        if new is BreakerState.OPEN and old is BreakerState.CLOSED:
+            self.counters[S.BREAKER_OPENED] += 1

@@ -1,0 +1,62 @@
+"""Exceptions raised by SmartPool.
+
+Each pool error subclasses the SQLAlchemy exception that existing code already
+catches for the same situation, so switching ``poolclass`` changes no ``except``
+clause in an application.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+
+
+class ConfigError(ValueError):
+    """A pool setting is invalid; raised at construction, naming field and value."""
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid pool setting {field}={value!r}: {reason}")
+
+
+class PoolTimeout(sa_exc.TimeoutError):
+    """No connection became available within the checkout timeout."""
+
+
+class TooManyWaiters(PoolTimeout):
+    """The wait queue is full (``max_waiting``): fail fast instead of queueing.
+
+    A subclass of :class:`PoolTimeout` because callers treat both as "the pool
+    could not serve me in time".
+    """
+
+
+class PoolClosed(sa_exc.InvalidRequestError):
+    """The pool was closed for good; no checkout is possible."""
+
+
+class DatabaseUnavailable(Exception):
+    """The ``orig`` of a :class:`CircuitOpenError`: no DBAPI error exists for it."""
+
+
+class CircuitOpenError(sa_exc.OperationalError):
+    """The circuit breaker is open: the database is considered down.
+
+    Raised at once instead of dialing. It is an ``OperationalError`` because
+    that is what an application already catches for "database unreachable".
+    ``retry_after`` tells how many seconds remain until the next probe.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(None, None, DatabaseUnavailable(message))
+        self.message = message
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> Any:
+        return self.__class__, (self.message, self.retry_after)

@@ -1,0 +1,648 @@
+"""SmartPool: the SQLAlchemy adapter over :class:`~sqlalchemy_smartpool.core.PoolCore`.
+
+SQLAlchemy's pool keeps a ``_ConnectionRecord`` per DBAPI connection and
+wraps each checkout in a ``_ConnectionFairy``; a subclass supplies
+``_do_get`` and ``_do_return_conn``. Here they are the only hot path: one
+``threading.Lock`` around the core's bookkeeping, nothing else. Waiting,
+connecting, closing and timed work live in the pieces named after them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, cast
+
+from sqlalchemy.pool import Pool
+from sqlalchemy.pool.base import _ConnDialect, _ConnectionRecord
+
+from . import leaks
+from . import stats as S
+from .config import PoolConfig, coerce_setting
+from .core import PoolCore, Slot, Waiter
+from .errors import ConfigError, PoolTimeout
+from .retry import connect_with_retry
+from .sched import Housekeeper
+
+logger = logging.getLogger("sqlalchemy_smartpool.pool")
+
+_UNSET: Any = object()
+_SLOT = "_smartpool_slot"
+
+#: create_engine() spells these SQLAlchemy pool arguments; each maps onto a PoolConfig field
+_SA_ALIASES = {
+    "pool_size": "min_size",
+    "max_overflow": "max_size",
+    "timeout": "acquire_timeout",
+    "recycle": "max_lifetime",
+    "pre_ping": "validate_on_checkout",
+    "use_lifo": "reuse",
+}
+
+
+class _ThreadWaiter(Waiter[_ConnectionRecord]):
+    """A queued thread, parked on its own pre-acquired lock (released to wake it)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, since: float) -> None:
+        super().__init__(since)
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=max(timeout, 0.0))
+
+
+class SmartPool(Pool):
+    """A fair, adaptive, self-healing pool for SQLAlchemy engines.
+
+    Use ``create_engine(url, poolclass=SmartPool, min_size=5, max_size=100)``
+    or pass ``pool_config=PoolConfig(...)``; every :class:`PoolConfig` field is
+    also a keyword here (and so of ``create_engine``). SQLAlchemy's own pool
+    arguments are honoured too, so switching only ``poolclass`` keeps an
+    app's settings: ``pool_size`` -> ``min_size``, ``pool_size + max_overflow``
+    -> ``max_size``, ``pool_timeout`` -> ``acquire_timeout``, ``pool_recycle``
+    -> ``max_lifetime``, ``pool_pre_ping`` -> ``validate_on_checkout``,
+    ``pool_use_lifo`` -> ``reuse``.
+
+    Background work (prewarm to ``min_size``, growth, shrinking, lifetimes)
+    starts at the first checkout or at :meth:`wait` -- not in the constructor,
+    because ``create_engine`` attaches the dialect's connect hooks only after
+    it built the pool.
+    """
+
+    def __init__(
+        self,
+        creator: Any,
+        pool_config: PoolConfig | None = None,
+        min_size: Any = _UNSET,
+        max_size: Any = _UNSET,
+        acquire_timeout: Any = _UNSET,
+        idle_timeout: Any = _UNSET,
+        max_lifetime: Any = _UNSET,
+        lifetime_jitter: Any = _UNSET,
+        keepalive_interval: Any = _UNSET,
+        reuse: Any = _UNSET,
+        validate_on_checkout: Any = _UNSET,
+        validation_interval: Any = _UNSET,
+        validation_query: Any = _UNSET,
+        validation_timeout: Any = _UNSET,
+        max_waiting: Any = _UNSET,
+        max_concurrent_connects: Any = _UNSET,
+        connect_timeout: Any = _UNSET,
+        retry_attempts: Any = _UNSET,
+        retry_backoff_initial: Any = _UNSET,
+        retry_backoff_max: Any = _UNSET,
+        leak_detection_threshold: Any = _UNSET,
+        housekeeping_interval: Any = _UNSET,
+        track_wait_times: Any = _UNSET,
+        name: Any = _UNSET,
+        breaker: Any = _UNSET,
+        # SQLAlchemy's spellings, as create_engine() passes them
+        pool_size: Any = _UNSET,
+        max_overflow: Any = _UNSET,
+        timeout: Any = _UNSET,
+        recycle: Any = _UNSET,
+        pre_ping: Any = _UNSET,
+        use_lifo: Any = _UNSET,
+        # passed through to sqlalchemy.pool.Pool
+        echo: Any = None,
+        logging_name: str | None = None,
+        reset_on_return: Any = True,
+        events: Any = None,
+        dialect: Any = None,
+        _dispatch: Any = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        given = {
+            k: v
+            for k, v in locals().items()
+            if v is not _UNSET and k in PoolConfig.__dataclass_fields__ and k != "breaker"
+        }
+        if breaker is not _UNSET:
+            given["breaker"] = breaker
+        sa_given = {
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "timeout": timeout,
+            "recycle": recycle,
+            "pre_ping": pre_ping,
+            "use_lifo": use_lifo,
+        }
+        self._config = _build_config(pool_config, given, {k: v for k, v in sa_given.items() if v is not _UNSET})
+        Pool.__init__(
+            self,
+            creator,
+            recycle=-1,  # lifetimes are ours (jittered, never in the request thread)
+            echo=echo,
+            logging_name=logging_name or self._config.name,
+            reset_on_return=reset_on_return,
+            events=events,
+            dialect=dialect,
+            pre_ping=False,  # validation is ours (with a bypass window)
+            _dispatch=_dispatch,
+        )
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._pool_name = self._config.name or f"0x{id(self):x}"
+        self._lock = threading.Lock()
+        self._core: PoolCore[_ConnectionRecord] = PoolCore(self._config, self._clock, name=self._pool_name)
+        self._waits = S.WaitSampler()
+        self._track_waits = self._config.track_wait_times
+        self._leak_threshold = self._config.leak_detection_threshold
+        self._can_validate = self._config.validation_query is not None or not isinstance(
+            self._dialect, _ConnDialect
+        )
+        self._validate = self._config.validate_on_checkout and self._can_validate
+        self._hk: Housekeeper | None = None
+        self._tick_timer: Any = None
+        self._leak_reports = leaks.LeakReporter(self._pool_name)
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def config(self) -> PoolConfig:
+        return self._config
+
+    def stats(self) -> S.PoolStats:
+        """A consistent snapshot of gauges, counters and wait percentiles."""
+        with self._lock:
+            core = self._core
+            snapshot = dict(
+                name=self._pool_name,
+                pool_size=core.size,
+                pool_idle=len(core.idle),
+                pool_in_use=core.in_use,
+                requests_waiting=len(core.waiters),
+                connections_pending=core.pending,
+                pool_min=self._config.min_size,
+                pool_max=self._config.max_size,
+                breaker_state=core.breaker.state.value,
+                counters=dict(core.counters),
+            )
+        p50, p95, p99 = self._waits.percentiles(50, 95, 99)
+        return S.PoolStats(wait_p50=p50, wait_p95=p95, wait_p99=p99, wait_max=self._waits.max, **snapshot)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Start the pool and block until ``min_size`` connections are open (prewarm).
+
+        Raises :class:`PoolTimeout` naming the pool's state if that takes longer.
+        """
+        self._ensure_started()
+        deadline = self._clock() + timeout
+        while True:
+            with self._lock:
+                ready = self._core.size >= self._config.min_size
+                state = self._core.describe()
+            if ready:
+                return
+            if self._clock() >= deadline:
+                raise PoolTimeout(f"pool {self._pool_name} not ready after {timeout:g}s; {state}")
+            time.sleep(0.005)
+
+    def suspected_leaks(self) -> list[leaks.LeakInfo]:
+        """Checkouts held longer than ``leak_detection_threshold``, oldest first."""
+        threshold = self._leak_threshold
+        if threshold is None:
+            return []
+        now = self._clock()
+        with self._lock:
+            held = [s for s in self._core.leased.values() if now - s.checked_out_at >= threshold]
+        return leaks.describe(sorted(held, key=lambda s: s.checked_out_at), now)
+
+    def close(self) -> None:
+        """Close for good: fail waiters, close idle connections, stop background work.
+
+        Connections still checked out are closed when they come back.
+        """
+        with self._lock:
+            idle, waiters = self._core.close()
+        for w in waiters:
+            w.wake()
+        self._stop_housekeeper()
+        for slot in idle:
+            self._close_record(slot.conn)
+
+    # ---------------------------------------------------- sqlalchemy.pool.Pool API
+
+    def status(self) -> str:
+        with self._lock:
+            return f"SmartPool {self._core.describe()}"
+
+    def size(self) -> int:
+        return self._core.size
+
+    def checkedin(self) -> int:
+        return len(self._core.idle)
+
+    def checkedout(self) -> int:
+        return self._core.in_use
+
+    def overflow(self) -> int:
+        return max(0, self._core.size - self._config.min_size)
+
+    def timeout(self) -> float:
+        return self._config.acquire_timeout
+
+    def dispose(self) -> None:
+        """Close idle connections and stop background work; the pool stays usable
+        (checked-out connections come back normally, the next checkout restarts it)."""
+        self._stop_housekeeper()
+        with self._lock:
+            idle = self._core.drain_idle()
+            self._core.breaker.reset()
+            restart = bool(self._core.waiters)
+        for slot in idle:
+            self._close_record(slot.conn)
+        self.logger.info("Pool disposed. %s", self.status())
+        if restart:
+            self._ensure_started()
+
+    def recreate(self) -> SmartPool:
+        self.logger.info("Pool recreating")
+        return self.__class__(
+            self._creator,
+            pool_config=self._config,
+            echo=self.echo,
+            logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return,
+            _dispatch=self.dispatch,
+            dialect=self._dialect,
+            clock=self._clock if self._clock is not time.monotonic else None,
+        )
+
+    def _do_get(self) -> _ConnectionRecord:
+        t0 = self._clock()
+        with self._lock:
+            slot = self._core.take_idle(t0)
+        if slot is None:
+            slot = self._wait_for_slot(t0)
+        if self._validate and self._core.validation_due(slot, t0):
+            slot = self._validated(slot, t0)
+        if self._leak_threshold is not None:
+            slot.lease = leaks.capture()
+        if self._track_waits:
+            self._waits.record(self._clock() - t0)
+        return slot.conn
+
+    def _do_return_conn(self, record: Any) -> None:
+        slot: Slot[_ConnectionRecord] | None = record.__dict__.get(_SLOT)
+        if slot is None:  # not ours (e.g. a record made by SQLAlchemy internals); just close it
+            record.close()
+            return
+        usable = record.dbapi_connection is not None and record._soft_invalidate_time <= record.starttime
+        lease = slot.lease
+        now = self._clock()
+        with self._lock:
+            waiter, close = self._core.checkin(slot, now, usable=usable)
+            connects = self._core.plan_connects(now) if close else 0
+        if lease is not None:
+            slot.lease = None
+            self._leak_reports.returned(slot, lease, now)
+        if waiter is not None:
+            waiter.wake()
+        if close:
+            self._close_soon(record)
+        if connects:
+            self._spawn_connects(connects)
+
+    def _invalidate(self, connection: Any, exception: BaseException | None = None, _checkin: bool = True) -> None:
+        # SQLAlchemy's version makes every older connection reconnect, in the
+        # request threads. A disconnect usually means "this one died"; for a
+        # server restart the others fail validation and are replaced in the
+        # background. So: mark them suspect instead.
+        with self._lock:
+            self._core.mark_suspect(self._clock())
+        if _checkin and getattr(connection, "is_valid", False):
+            connection.invalidate(exception)
+
+    # ----------------------------------------------------------------- waiting
+
+    def _wait_for_slot(self, t0: float) -> Slot[_ConnectionRecord]:
+        self._ensure_started()
+        timeout = self._config.acquire_timeout
+        waiter = _ThreadWaiter(t0)
+        with self._lock:
+            slot = self._core.take_idle(t0)
+            if slot is not None:
+                return slot
+            self._core.add_waiter(waiter)  # raises when waiting cannot help
+            connects = self._core.plan_connects(t0)
+        if connects:
+            self._spawn_connects(connects)
+        if not waiter.wait(t0 + timeout - self._clock()):
+            with self._lock:
+                gave_up = self._core.remove_waiter(waiter)
+                if gave_up:
+                    self._core.note_timeout()
+                    state = self._core.describe()
+            if gave_up:
+                raise PoolTimeout(
+                    f"pool {self._pool_name}: no connection available within {timeout:g}s; {state}"
+                )
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.slot is not None
+        return waiter.slot
+
+    def _validated(self, slot: Slot[_ConnectionRecord], t0: float) -> Slot[_ConnectionRecord]:
+        """Ping until a connection answers; dead ones are dropped and replaced in the background."""
+        while True:
+            ok = self._ping(slot)
+            now = self._clock()
+            with self._lock:
+                core = self._core
+                core.counters[S.VALIDATIONS] += 1
+                if ok:
+                    slot.validated_at = now
+                    return slot
+                core.counters[S.VALIDATIONS_FAILED] += 1
+                core.discard(slot)
+                core.mark_suspect(now)
+                connects = core.plan_connects(now)
+                nxt = core.take_idle(now)
+            self._close_soon(slot.conn)
+            if connects:
+                self._spawn_connects(connects)
+            if nxt is None:
+                if now - t0 >= self._config.acquire_timeout:
+                    raise PoolTimeout(
+                        f"pool {self._pool_name}: no valid connection within "
+                        f"{self._config.acquire_timeout:g}s; {self.status()}"
+                    )
+                nxt = self._wait_for_slot(now)
+            slot = nxt
+            if not self._core.validation_due(slot, now):
+                return slot
+
+    def _ping(self, slot: Slot[_ConnectionRecord]) -> bool:
+        """Validate one connection, bounded by ``validation_timeout`` via the housekeeper."""
+        dbapi_conn = slot.conn.dbapi_connection
+        if dbapi_conn is None:
+            return False
+        watchdog = None
+        fd = _socket_fd(dbapi_conn)
+        if fd is not None and self._hk is not None:
+            watchdog = self._hk.call_later(self._config.validation_timeout, lambda: _abort_socket(fd))
+        try:
+            query = self._config.validation_query
+            if query is None:
+                return bool(self._dialect._do_ping_w_event(dbapi_conn))
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute(query)
+                cursor.fetchall()
+            finally:
+                cursor.close()
+            return True
+        except Exception as err:
+            logger.info("pool %s: validation failed (%s)", self._pool_name, type(err).__name__)
+            return False
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    # ------------------------------------------------------- background work
+
+    def _ensure_started(self) -> None:
+        if self._hk is not None and not self._hk.stopped:
+            return
+        with self._lock:
+            if self._hk is not None and not self._hk.stopped:
+                return
+            self._hk = Housekeeper(
+                self._pool_name, workers=self._config.max_concurrent_connects + 2, clock=self._clock
+            )
+            connects = self._core.plan_connects(self._clock())
+        self._schedule_tick()
+        if connects:
+            self._spawn_connects(connects)
+
+    def _stop_housekeeper(self) -> None:
+        hk = self._hk
+        if hk is not None:
+            hk.stop()
+
+    def _schedule_tick(self) -> None:
+        hk = self._hk
+        if hk is None or hk.stopped:
+            return
+        ref = weakref.ref(self)
+        hk.call_later(self._config.housekeeping_interval, lambda: _tick(ref))
+
+    def _spawn_connects(self, n: int) -> None:
+        hk = self._hk
+        ref = weakref.ref(self)
+        for _ in range(n):
+            if hk is None or hk.stopped:
+                # no background threads (disposed): give the reservations back
+                with self._lock:
+                    self._core.pending -= 1
+                continue
+            hk.submit(lambda: _connect(ref))
+
+    def _housekeep(self) -> None:
+        now = self._clock()
+        with self._lock:
+            plan = self._core.housekeep(now)
+        for slot in plan.close:
+            self._close_soon(slot.conn)
+        for slot in plan.ping:
+            self._submit(lambda s=slot: self._keepalive(s))  # type: ignore[misc]
+        if plan.connects:
+            self._spawn_connects(plan.connects)
+        for slot in plan.leaks:
+            self._leak_reports.suspected(slot, now)
+
+    def _keepalive(self, slot: Slot[_ConnectionRecord]) -> None:
+        ok = self._ping(slot)
+        now = self._clock()
+        with self._lock:
+            waiter, close = self._core.pinged(slot, ok, now)
+            connects = self._core.plan_connects(now) if close else 0
+        if waiter is not None:
+            waiter.wake()
+        if close:
+            self._close_record(slot.conn)
+        if connects:
+            self._spawn_connects(connects)
+
+    def _open_one(self) -> None:
+        """Body of a background connect: open, then serve the longest waiter or park idle."""
+        try:
+            record = connect_with_retry(
+                lambda: _ConnectionRecord(self),
+                attempts=self._config.retry_attempts + 1,
+                initial=self._config.retry_backoff_initial,
+                maximum=self._config.retry_backoff_max,
+                is_transient=self._is_transient,
+            )
+        except Exception as err:
+            now = self._clock()
+            logger.warning("pool %s: connect failed: %s", self._pool_name, type(err).__name__)
+            with self._lock:
+                failed = self._core.connect_failed(err, now)
+                connects = self._core.plan_connects(now)
+                probe_at = self._core.breaker.next_probe_at if self._core.breaker.is_open else None
+            for w in failed:
+                w.wake()
+            if connects:
+                self._spawn_connects(connects)
+            elif probe_at is not None and self._hk is not None:
+                ref = weakref.ref(self)
+                self._hk.call_at(probe_at, lambda: _kick(ref))
+            return
+        now = self._clock()
+        with self._lock:
+            slot, waiter = self._core.connect_succeeded(record, now)
+            record.__dict__[_SLOT] = slot
+            connects = self._core.plan_connects(now)
+        if waiter is not None:
+            waiter.wake()
+        if connects:
+            self._spawn_connects(connects)
+
+    def _is_transient(self, err: BaseException) -> bool:
+        dbapi = getattr(self._dialect, "loaded_dbapi", None)
+        operational = getattr(dbapi, "OperationalError", None)
+        return operational is not None and isinstance(err, operational)
+
+    def _kick(self) -> None:
+        with self._lock:
+            connects = self._core.plan_connects(self._clock())
+        if connects:
+            self._spawn_connects(connects)
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        hk = self._hk
+        if hk is None or hk.stopped:
+            job()
+        else:
+            hk.submit(job)
+
+    def _close_soon(self, record: _ConnectionRecord) -> None:
+        """Close off the request thread when background workers run."""
+        self._submit(lambda: self._close_record(record))
+
+    def _close_record(self, record: _ConnectionRecord) -> None:
+        try:
+            record.close()
+        finally:
+            with self._lock:
+                self._core.counters[S.CONNECTIONS_CLOSED] += 1
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _tick(ref: weakref.ref[SmartPool]) -> None:
+    pool = ref()
+    if pool is None:
+        return
+    try:
+        pool._housekeep()
+    finally:
+        pool._schedule_tick()
+
+
+def _kick(ref: weakref.ref[SmartPool]) -> None:
+    pool = ref()
+    if pool is not None:
+        pool._kick()
+
+
+def _connect(ref: weakref.ref[SmartPool]) -> None:
+    pool = ref()
+    if pool is not None:
+        pool._open_one()
+
+
+def _socket_fd(dbapi_conn: Any) -> int | None:
+    """The connection's socket descriptor, for drivers that expose one (not sqlite)."""
+    sock = getattr(dbapi_conn, "_sock", None)  # PyMySQL
+    if sock is not None:
+        try:
+            return cast(int, sock.fileno())
+        except (OSError, ValueError):
+            return None
+    fileno = getattr(dbapi_conn, "fileno", None)  # psycopg2, psycopg, mysqlclient
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except Exception:
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def _abort_socket(fd: int) -> None:
+    """Shut a hung connection's socket down so the blocked call in its thread returns."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+
+def _build_config(
+    base: PoolConfig | None, given: dict[str, Any], sa_given: dict[str, Any]
+) -> PoolConfig:
+    """Merge pool_config, SmartPool keywords and SQLAlchemy's pool keywords into one config."""
+    if base is not None and not isinstance(base, PoolConfig):
+        raise ConfigError("pool_config", base, "must be a PoolConfig")
+    config = base or PoolConfig()
+    changes = {k: coerce_setting(k, v) for k, v in given.items() if k != "breaker"}
+    if "breaker" in given:
+        changes["breaker"] = given["breaker"]
+    mapped: dict[str, Any] = {}
+    if "pool_size" in sa_given or "max_overflow" in sa_given:
+        # a missing one takes QueuePool's default, so the app keeps the limits it had
+        size = _sa_int("pool_size", sa_given.get("pool_size", 5))
+        overflow = _sa_int("max_overflow", sa_given.get("max_overflow", 10))
+        mapped["min_size"] = size
+        if size == 0 or overflow < 0:
+            # QueuePool's "no limit": SmartPool always has a ceiling; keep ours
+            mapped["max_size"] = max(size, changes.get("max_size", config.max_size), 1)
+        else:
+            mapped["max_size"] = max(size + overflow, 1)
+    if "timeout" in sa_given:
+        mapped["acquire_timeout"] = sa_given["timeout"]
+    if "recycle" in sa_given:
+        recycle = sa_given["recycle"]
+        mapped["max_lifetime"] = None if recycle is None or recycle < 0 else recycle
+    if "pre_ping" in sa_given:
+        mapped["validate_on_checkout"] = bool(sa_given["pre_ping"])
+    if "use_lifo" in sa_given:
+        mapped["reuse"] = "lifo" if sa_given["use_lifo"] else "fifo"
+    for field, value in mapped.items():
+        if field in changes and changes[field] != value:
+            alias = next(k for k, v in _SA_ALIASES.items() if v == field and k in sa_given)
+            raise ConfigError(
+                field,
+                changes[field],
+                f"conflicts with SQLAlchemy's {alias}={sa_given[alias]!r}; give only one of them",
+            )
+        changes.setdefault(field, value)
+    return config.replace(**changes)
+
+
+def _sa_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(name, value, "must be an integer")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, value, "must be an integer") from None

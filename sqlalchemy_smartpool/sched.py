@@ -1,0 +1,163 @@
+"""The housekeeper: the one owner of a pool's timed and background work.
+
+One timer thread keeps a heap of deadlines (the periodic tick, validation
+watchdogs, breaker probes) and never blocks on I/O; blocking jobs (connect,
+close, ping) go to a few worker threads. Both hold only a weak reference to
+their owner, so a pool that is dropped without ``dispose()`` does not keep
+threads alive forever.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+logger = logging.getLogger("sqlalchemy_smartpool.sched")
+
+_STOP = object()
+
+
+class Timer:
+    """A scheduled call; ``cancel()`` is O(1) (the entry is skipped when due)."""
+
+    __slots__ = ("when", "fn", "cancelled")
+
+    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Housekeeper:
+    """Timer thread + bounded worker threads, started lazily, stopped by ``stop()``."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        workers: int,
+        clock: Callable[[], float] = time.monotonic,
+        worker_idle_exit: float = 60.0,
+    ) -> None:
+        self.name = name
+        self._clock = clock
+        self._max_workers = workers
+        self._worker_idle_exit = worker_idle_exit
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._timer_thread: threading.Thread | None = None
+        self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._workers = 0
+        self._idle_workers = 0
+        self._stopped = False
+
+    # -- timed work -------------------------------------------------------------------
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
+        timer = Timer(when, fn)
+        with self._cond:
+            if self._stopped:
+                timer.cancelled = True
+                return timer
+            heapq.heappush(self._heap, (when, next(self._seq), timer))
+            if self._heap[0][2] is timer:
+                self._cond.notify()
+            if self._timer_thread is None:
+                self._timer_thread = threading.Thread(
+                    target=self._run_timers, name=f"smartpool-timer-{self.name}", daemon=True
+                )
+                self._timer_thread.start()
+        return timer
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        return self.call_at(self._clock() + delay, fn)
+
+    def _run_timers(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopped:
+                        return
+                    if self._heap:
+                        delay = self._heap[0][0] - self._clock()
+                        if delay <= 0:
+                            _, _, timer = heapq.heappop(self._heap)
+                            break
+                        self._cond.wait(delay)
+                    else:
+                        self._cond.wait()
+            if timer.cancelled:
+                continue
+            try:
+                timer.fn()
+            except Exception:  # a bug in one task must not kill the housekeeper
+                logger.exception("pool %s: housekeeping task failed", self.name)
+
+    # -- blocking work ----------------------------------------------------------------
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on a worker thread; spawns one if none is idle and the cap allows."""
+        with self._cond:
+            if self._stopped:
+                return
+            spawn = self._idle_workers == 0 and self._workers < self._max_workers
+            if spawn:
+                self._workers += 1
+            elif self._idle_workers:
+                self._idle_workers -= 1
+            # queued under the lock so an idle worker cannot decide to exit in between
+            self._jobs.put(fn)
+        if spawn:
+            threading.Thread(
+                target=self._run_worker, name=f"smartpool-worker-{self.name}", daemon=True
+            ).start()
+
+    def _run_worker(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self._worker_idle_exit)
+            except queue.Empty:
+                with self._cond:
+                    if self._jobs.empty():
+                        self._workers -= 1
+                        self._idle_workers = max(0, self._idle_workers - 1)
+                        return
+                continue
+            if job is _STOP:
+                with self._cond:
+                    self._workers -= 1
+                return
+            try:
+                job()  # type: ignore[operator]
+            except Exception:
+                logger.exception("pool %s: background job failed", self.name)
+            finally:
+                with self._cond:
+                    self._idle_workers += 1
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Cancel timed work and let workers exit after their current job. Idempotent."""
+        with self._cond:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._heap.clear()
+            self._cond.notify_all()
+            workers = self._workers
+        for _ in range(workers):
+            self._jobs.put(_STOP)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped

@@ -1,0 +1,183 @@
+"""Pool statistics: named keys, the snapshot type, and the wait-time sampler.
+
+Keys are module constants (as in psycopg_pool) so metric exporters and tests
+spell them once. Counters are plain ints mutated under the pool's lock; the
+wait sampler is a fixed ring so recording costs no allocation on the hot path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from array import array
+from typing import Any
+
+# Gauges
+POOL_SIZE = "pool_size"
+POOL_IDLE = "pool_idle"
+POOL_IN_USE = "pool_in_use"
+REQUESTS_WAITING = "requests_waiting"
+CONNECTIONS_PENDING = "connections_pending"
+POOL_MIN = "pool_min"
+POOL_MAX = "pool_max"
+# Counters
+CHECKOUTS = "checkouts"
+CHECKOUTS_WAITED = "checkouts_waited"
+TIMEOUTS = "timeouts"
+REJECTED_FULL = "rejected_queue_full"
+REJECTED_BREAKER = "rejected_breaker_open"
+CONNECTIONS_CREATED = "connections_created"
+CONNECTIONS_CLOSED = "connections_closed"
+CONNECTIONS_FAILED = "connections_failed"
+CONNECTIONS_INVALIDATED = "connections_invalidated"
+CONNECTIONS_EXPIRED = "connections_expired"
+CONNECTIONS_IDLE_CLOSED = "connections_idle_closed"
+VALIDATIONS = "validations"
+VALIDATIONS_FAILED = "validations_failed"
+VALIDATIONS_SKIPPED = "validations_skipped"
+KEEPALIVES = "keepalives"
+LEAKS_SUSPECTED = "leaks_suspected"
+LEAKS_RETURNED = "leaks_returned"
+LEAKS_COLLECTED = "leaks_collected"
+BREAKER_OPENED = "breaker_opened"
+
+COUNTERS: tuple[str, ...] = (
+    CHECKOUTS,
+    CHECKOUTS_WAITED,
+    TIMEOUTS,
+    REJECTED_FULL,
+    REJECTED_BREAKER,
+    CONNECTIONS_CREATED,
+    CONNECTIONS_CLOSED,
+    CONNECTIONS_FAILED,
+    CONNECTIONS_INVALIDATED,
+    CONNECTIONS_EXPIRED,
+    CONNECTIONS_IDLE_CLOSED,
+    VALIDATIONS,
+    VALIDATIONS_FAILED,
+    VALIDATIONS_SKIPPED,
+    KEEPALIVES,
+    LEAKS_SUSPECTED,
+    LEAKS_RETURNED,
+    LEAKS_COLLECTED,
+    BREAKER_OPENED,
+)
+
+
+class WaitSampler:
+    """The last ``capacity`` acquire waits (seconds), for percentiles over recent traffic.
+
+    A ring of doubles: ``record`` is one store and one add. Writers may race
+    (the pool records outside its lock); a lost sample is harmless for a
+    percentile, a lock on every checkout is not.
+    """
+
+    __slots__ = ("_buf", "_mask", "_n", "max")
+
+    def __init__(self, capacity: int = 8192) -> None:
+        if capacity <= 0 or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two, got {capacity!r}")
+        self._buf = array("d", bytes(8 * capacity))
+        self._mask = capacity - 1
+        self._n = 0
+        self.max = 0.0
+
+    def record(self, seconds: float) -> None:
+        n = self._n
+        self._buf[n & self._mask] = seconds
+        self._n = n + 1
+        if seconds > self.max:
+            self.max = seconds
+
+    def __len__(self) -> int:
+        return min(self._n, self._mask + 1)
+
+    def percentiles(self, *qs: float) -> tuple[float, ...]:
+        """Nearest-rank percentiles (0..100) of the samples held; zeros when empty."""
+        count = len(self)
+        if not count:
+            return tuple(0.0 for _ in qs)
+        data = sorted(self._buf[:count])
+        out = []
+        for q in qs:
+            rank = max(1, min(count, int(-(-q * count // 100))))
+            out.append(data[rank - 1])
+        return tuple(out)
+
+    def reset(self) -> None:
+        self._n = 0
+        self.max = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStats:
+    """A consistent snapshot of a pool: gauges, counters and acquire-wait percentiles.
+
+    Wait percentiles are in seconds over the most recent checkouts (up to 8192).
+    """
+
+    name: str
+    pool_size: int
+    pool_idle: int
+    pool_in_use: int
+    requests_waiting: int
+    connections_pending: int
+    pool_min: int
+    pool_max: int
+    breaker_state: str
+    counters: dict[str, int]
+    wait_p50: float
+    wait_p95: float
+    wait_p99: float
+    wait_max: float
+
+    # Short names the issue and most dashboards use.
+    @property
+    def size(self) -> int:
+        return self.pool_size
+
+    @property
+    def idle(self) -> int:
+        return self.pool_idle
+
+    @property
+    def in_use(self) -> int:
+        return self.pool_in_use
+
+    @property
+    def waiting(self) -> int:
+        return self.requests_waiting
+
+    @property
+    def min_size(self) -> int:
+        return self.pool_min
+
+    @property
+    def max_size(self) -> int:
+        return self.pool_max
+
+    def __getattr__(self, name: str) -> int:
+        # counters read as attributes too: stats.checkouts, stats.timeouts, ...
+        counters = self.__dict__.get("counters")
+        if counters is not None and name in counters:
+            return int(counters[name])
+        raise AttributeError(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat mapping of every key, for JSON, logs and metric exporters."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            POOL_SIZE: self.pool_size,
+            POOL_IDLE: self.pool_idle,
+            POOL_IN_USE: self.pool_in_use,
+            REQUESTS_WAITING: self.requests_waiting,
+            CONNECTIONS_PENDING: self.connections_pending,
+            POOL_MIN: self.pool_min,
+            POOL_MAX: self.pool_max,
+            "breaker_state": self.breaker_state,
+            "wait_p50": self.wait_p50,
+            "wait_p95": self.wait_p95,
+            "wait_p99": self.wait_p99,
+            "wait_max": self.wait_max,
+        }
+        out.update(self.counters)
+        return out
