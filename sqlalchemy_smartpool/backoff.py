@@ -12,7 +12,7 @@ class Backoff:
     retrying in lockstep when it comes back.
     """
 
-    __slots__ = ("initial", "maximum", "multiplier", "jitter", "_rng", "attempt")
+    __slots__ = ("_rng", "attempt", "initial", "jitter", "maximum", "multiplier")
 
     def __init__(
         self,

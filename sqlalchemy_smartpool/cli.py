@@ -15,10 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from .bench import main as bench_main
 
-        return bench_main(rest)
+        return int(bench_main(rest))
     from .demo import main as demo_main
 
-    return demo_main(rest)
+    return int(demo_main(rest))
 
 
 if __name__ == "__main__":

@@ -41,14 +41,14 @@ class Slot(Generic[C]):
     """One open connection and the pool's notes about it."""
 
     __slots__ = (
+        "checked_out_at",
         "conn",
-        "id",
         "created_at",
         "expires_at",
+        "id",
         "last_used",
-        "validated_at",
-        "checked_out_at",
         "lease",
+        "validated_at",
     )
 
     def __init__(self, conn: C, now: float, expires_at: float) -> None:
@@ -69,7 +69,7 @@ class Slot(Generic[C]):
 class Waiter(Generic[C]):
     """A caller queued for a connection. Adapters subclass it to add a wake primitive."""
 
-    __slots__ = ("slot", "error", "since")
+    __slots__ = ("error", "since", "slot")
 
     def __init__(self, since: float) -> None:
         self.slot: Slot[C] | None = None
@@ -83,7 +83,7 @@ class Waiter(Generic[C]):
 class HousekeepingPlan(Generic[C]):
     """What the housekeeper must do after one tick, outside the lock."""
 
-    __slots__ = ("close", "ping", "connects", "leaks")
+    __slots__ = ("close", "connects", "leaks", "ping")
 
     def __init__(self) -> None:
         self.close: list[Slot[C]] = []
@@ -124,6 +124,8 @@ class PoolCore(Generic[C]):
         #: slots validated before this instant are validated on their next checkout
         self.suspect_before = 0.0
         self.counters: dict[str, int] = dict.fromkeys(S.COUNTERS, 0)
+        #: kept out of ``counters`` because the adapters' hot paths bump it directly
+        self.checkouts = 0
         self.breaker = CircuitBreaker(
             config.breaker, clock, rng=self._rng, name=name, on_transition=self._breaker_moved
         )
@@ -292,7 +294,7 @@ class PoolCore(Generic[C]):
             )
             if surplus:
                 closing = set(surplus)
-                kept = deque()
+                kept: deque[Slot[C]] = deque()
                 for i, slot in enumerate(keep):
                     if i in closing:
                         plan.close.append(slot)
@@ -351,6 +353,11 @@ class PoolCore(Generic[C]):
 
     # -- reporting --------------------------------------------------------------------
 
+    def counter_snapshot(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out[S.CHECKOUTS] = self.checkouts
+        return out
+
     def describe(self) -> str:
         """The pool's state in one line, for error messages."""
         return (
@@ -377,7 +384,7 @@ class PoolCore(Generic[C]):
     def _lease(self, slot: Slot[C], now: float) -> None:
         slot.checked_out_at = now
         self.leased[slot.id] = slot
-        self.counters[S.CHECKOUTS] += 1
+        self.checkouts += 1
 
     def _place(self, slot: Slot[C], now: float, *, touch: bool = True) -> Waiter[C] | None:
         """Give a connection to the longest waiter, else park it idle."""

@@ -25,7 +25,7 @@ _STOP = object()
 class Timer:
     """A scheduled call; ``cancel()`` is O(1) (the entry is skipped when due)."""
 
-    __slots__ = ("when", "fn", "cancelled")
+    __slots__ = ("cancelled", "fn", "when")
 
     def __init__(self, when: float, fn: Callable[[], None]) -> None:
         self.when = when

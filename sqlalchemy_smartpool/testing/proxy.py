@@ -29,6 +29,7 @@ import contextlib
 import enum
 import logging
 import math
+import os
 import socket
 import struct
 import threading
@@ -100,7 +101,7 @@ class _Pipe:
     change, and a single timer per direction drains the queue.
     """
 
-    __slots__ = ("link", "src", "dst", "queue", "queued_bytes", "last_due", "timer")
+    __slots__ = ("dst", "last_due", "link", "queue", "queued_bytes", "src", "timer")
 
     def __init__(self, link: _Link, src: int, dst: int) -> None:
         self.link = link
@@ -132,14 +133,8 @@ class _Pipe:
 
     def schedule(self) -> None:
         """Deliver what is due now and arm the timer for the rest."""
-        if self.timer is not None or not self.queue or not self.link.can_deliver(self.dst):
-            return
-        due = self.queue[0][0]
-        loop = self.link.loop
-        if due <= loop.time() + _TIME_SLACK:
+        if self.timer is None and self.queue:
             self.flush()
-        else:
-            self.timer = loop.call_at(due, self._on_timer)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -150,15 +145,22 @@ class _Pipe:
             self.link.abort(rst=True)
 
     def flush(self) -> None:
+        # Iterative on purpose: the clock advances while draining, and
+        # re-entering per newly due chunk could recurse without bound.
         link = self.link
         if link.closed or not link.can_deliver(self.dst):
             return
         transport = link.transports[self.dst]
         assert transport is not None
-        limit = link.loop.time() + _TIME_SLACK
+        loop = link.loop
         queue = self.queue
-        while queue and queue[0][0] <= limit:
-            _, item = queue.popleft()
+        while queue:
+            due, item = queue[0]
+            if due > loop.time() + _TIME_SLACK:
+                if self.timer is None:
+                    self.timer = loop.call_at(due, self._on_timer)
+                break
+            queue.popleft()
             if isinstance(item, bytes):
                 self.queued_bytes -= len(item)
                 transport.write(item)
@@ -168,7 +170,6 @@ class _Pipe:
                     return
         if self.queued_bytes <= _LOW_WATER:
             link.unblock_reading(self.src, "backlog")
-        self.schedule()
 
     def clear(self) -> None:
         self.cancel_timer()
@@ -185,15 +186,15 @@ class _Link:
     """A proxied client connection and its upstream connection (loop thread only)."""
 
     __slots__ = (
-        "proxy",
-        "loop",
-        "transports",
-        "lost",
-        "pipes",
-        "read_blocks",
-        "eofs_delivered",
         "closed",
         "connect_task",
+        "eofs_delivered",
+        "loop",
+        "lost",
+        "pipes",
+        "proxy",
+        "read_blocks",
+        "transports",
     )
 
     def __init__(self, proxy: FaultProxy, loop: asyncio.AbstractEventLoop, client: asyncio.Transport) -> None:
@@ -276,11 +277,8 @@ class _Link:
     # -- events from the sockets ---------------------------------------------
 
     def on_eof(self, side: int) -> None:
-        if side == _CLIENT and self.transports[_UPSTREAM] is None:
-            # The client gave up before we connected upstream: the server
-            # never needs to hear about it.
-            self.close()
-            return
+        # Forwarded even before upstream is connected: FIN may be a half-close
+        # after a complete request, and TCP cannot tell it from a full close.
         self.pipes[side].push(_Marker.EOF)
 
     def on_lost(self, side: int, exc: Exception | None) -> None:
@@ -289,8 +287,8 @@ class _Link:
             return
         other = 1 - side
         self.pipes[other].clear()  # nowhere to deliver it any more
-        if self.transports[other] is None:
-            self.close()
+        if self.transports[other] is None or self.lost[other]:
+            self.close()  # nobody left to tell
             return
         self.pipes[side].push(_Marker.RESET if exc is not None else _Marker.CLOSE)
 
@@ -344,15 +342,15 @@ class _Side(asyncio.BufferedProtocol):
 
     A buffered protocol reading into the proxy's shared buffer: plain
     ``Protocol`` makes asyncio allocate a fresh 256 KiB bytes object per
-    ``recv`` (an mmap/munmap pair), which roughly doubled the per-round-trip
-    cost.  Sharing is safe because every read is consumed synchronously on
-    the single loop thread.
+    ``recv`` (an mmap/munmap pair), measurably slowing every round trip.
+    Sharing is safe because every read is consumed synchronously on the
+    single loop thread.
 
     Exceptions are contained here so that a bug or odd socket state in one
     connection resets that connection only.
     """
 
-    __slots__ = ("proxy", "link", "side", "transport")
+    __slots__ = ("link", "proxy", "side", "transport")
 
     def __init__(self, proxy: FaultProxy, link: _Link | None, side: int) -> None:
         self.proxy = proxy
@@ -489,12 +487,14 @@ class FaultProxy:
             )[0]
             sock = socket.socket(family, type_, proto)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if os.name == "posix":  # elsewhere it would allow port hijacking
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(addr)
                 sock.listen(1024)
                 sock.setblocking(False)
                 self.host, self.port = sock.getsockname()[:2]
-                loop = asyncio.new_event_loop()
+                # Selector loop on every platform: one well-understood I/O path.
+                loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()
             except BaseException:
                 sock.close()
                 raise
@@ -503,6 +503,11 @@ class FaultProxy:
             self._total_accepted = 0
             self._applied_mode = self._mode
             self._frozen = self._mode is FaultMode.BLACKHOLE
+            # Created here, not in _serve, so a mode change racing with start()
+            # finds it; asyncio.Event binds to the loop only on first use.
+            self._unfrozen = asyncio.Event()
+            if not self._frozen:
+                self._unfrozen.set()
             thread = threading.Thread(
                 target=self._run, args=(loop,), name=f"FaultProxy:{self.port}", daemon=True
             )
@@ -524,11 +529,11 @@ class FaultProxy:
         """
         with self._lock:
             loop, thread = self._loop, self._thread
+            if loop is None or thread is None:
+                return
+            if thread is threading.current_thread():
+                raise RuntimeError("FaultProxy.stop() cannot be called from the proxy thread")
             self._loop = self._thread = None
-        if loop is None or thread is None:
-            return
-        if thread is threading.current_thread():
-            raise RuntimeError("FaultProxy.stop() cannot be called from the proxy thread")
         try:
             asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(_CALL_TIMEOUT)
         except Exception:
@@ -566,9 +571,6 @@ class FaultProxy:
             loop.close()
 
     async def _serve(self, sock: socket.socket) -> None:
-        self._unfrozen = asyncio.Event()
-        if not self._frozen:
-            self._unfrozen.set()
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _Side(self, None, _CLIENT), sock=sock, backlog=1024
         )

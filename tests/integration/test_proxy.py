@@ -7,6 +7,7 @@ forever), not a few milliseconds of jitter.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -28,6 +29,8 @@ from ._services import (
     require_postgres,
     require_redis,
 )
+
+pytestmark = pytest.mark.integration
 
 psycopg2 = pytest.importorskip("psycopg2")
 
@@ -56,9 +59,7 @@ def pg_conns() -> Iterator[list[Any]]:
 
 
 def pg_connect(proxy: FaultProxy, conns: list[Any] | None = None, **kwargs: Any) -> Any:
-    conn = psycopg2.connect(
-        host=proxy.host, port=proxy.port, user="postgres", dbname="test", **kwargs
-    )
+    conn = psycopg2.connect(host=proxy.host, port=proxy.port, user="postgres", dbname="test", **kwargs)
     conn.autocommit = True
     if conns is not None:
         conns.append(conn)
@@ -93,10 +94,8 @@ def swallow_errors(fn: Any, *args: Any) -> Any:
     """Wrap ``fn`` for a thread that is expected to die with a driver error."""
 
     def run() -> None:
-        try:
+        with contextlib.suppress(Exception):
             fn(*args)
-        except Exception:
-            pass
 
     return run
 
@@ -125,9 +124,7 @@ def test_pass_forwards_mysql_query() -> None:
     pymysql = pytest.importorskip("pymysql")
     require_mysql()
     with FaultProxy(HOST, MYSQL_PORT) as proxy:
-        conn = pymysql.connect(
-            host=proxy.host, port=proxy.port, user="root", password="", database="test"
-        )
+        conn = pymysql.connect(host=proxy.host, port=proxy.port, user="root", password="", database="test")
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT 6 * 7")
@@ -140,8 +137,7 @@ def test_url_for_points_at_proxy_and_keeps_the_rest(pg_proxy: FaultProxy) -> Non
     url = "postgresql+psycopg2://alice:p%40ss:w0rd@db.example:6543/app?sslmode=disable"
     out = pg_proxy.url_for(url)
     assert out == (
-        f"postgresql+psycopg2://alice:p%40ss%3Aw0rd@{pg_proxy.host}:{pg_proxy.port}"
-        "/app?sslmode=disable"
+        f"postgresql+psycopg2://alice:p%40ss%3Aw0rd@{pg_proxy.host}:{pg_proxy.port}/app?sslmode=disable"
     )
     from sqlalchemy.engine import make_url
 
@@ -207,9 +203,7 @@ def test_blackhole_freezes_open_connection_and_pass_resumes_it(
     pg_proxy.mode = FaultMode.BLACKHOLE
 
     result: list[Any] = []
-    worker = threading.Thread(
-        target=lambda: result.append(select_one(conn, "SELECT 'after'")), daemon=True
-    )
+    worker = threading.Thread(target=lambda: result.append(select_one(conn, "SELECT 'after'")), daemon=True)
     worker.start()
     worker.join(0.7)
     assert worker.is_alive(), "query completed although the proxy is blackholed"
@@ -420,10 +414,7 @@ def test_many_concurrent_postgres_connections(pg_proxy: FaultProxy) -> None:
 
 
 def test_two_hundred_concurrent_redis_connections(redis_proxy: FaultProxy) -> None:
-    socks = [
-        socket.create_connection((redis_proxy.host, redis_proxy.port), timeout=10)
-        for _ in range(200)
-    ]
+    socks = [socket.create_connection((redis_proxy.host, redis_proxy.port), timeout=10) for _ in range(200)]
     try:
         for sock in socks:
             redis_command(sock, "PING")
@@ -450,3 +441,17 @@ def test_settings_are_validated() -> None:
     assert proxy.mode is FaultMode.BLACKHOLE
     assert proxy.reset_all() == 0
     proxy.stop()  # never started: no-op
+
+
+def test_unreachable_upstream_resets_client_and_proxy_survives() -> None:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        dead_port = probe.getsockname()[1]  # nothing listens here once closed
+    with FaultProxy(HOST, dead_port) as proxy:
+        for _ in range(3):
+            start = time.monotonic()
+            with pytest.raises(psycopg2.OperationalError):
+                pg_connect(proxy, connect_timeout=5)
+            assert time.monotonic() - start < 1.0
+        assert proxy.total_accepted == 3
+        assert proxy.active_connections == 0

@@ -1,0 +1,82 @@
+"""``smartpool bench SCENARIO``: SmartPool against QueuePool and psycopg_pool, in one process.
+
+Every scenario runs SmartPool and its anchors in the same run, interleaved,
+so machine noise hits all of them alike; ``--repeat N`` repeats the whole
+scenario and reports medians. Scenarios live in their own modules and are
+imported only when chosen, so ``import sqlalchemy_smartpool`` never pays for
+psycopg_pool or matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .harness import DEFAULT_URL, Options, Report, Scenario, check_postgres, dumps, machine_info, progress
+
+#: scenario name -> module defining ``SCENARIO``; "all" runs them in this order
+SCENARIOS: dict[str, str] = {
+    "overhead": "overhead",
+    "prepping": "prepping",
+    "fairness": "fairness",
+    "spike": "spike",
+    "ramp": "ramp",
+    "memory": "memory",
+}
+
+__all__ = ["SCENARIOS", "load", "main"]
+
+
+def load(name: str) -> Scenario:
+    module = importlib.import_module(f"{__name__}.{SCENARIOS[name]}")
+    scenario = module.SCENARIO
+    assert isinstance(scenario, Scenario)
+    return scenario
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="smartpool bench",
+        description="Benchmark SmartPool against QueuePool and psycopg_pool (medians; ratios are SmartPool/anchor).",
+    )
+    p.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    p.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL URL (psycopg2 driver; psycopg 3 is derived)")
+    p.add_argument("--json", action="store_true", help="print machine-readable results only")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="run N trials, report medians")
+    p.add_argument("--quick", action="store_true", help="short runs (smoke test; numbers are not meaningful)")
+    p.add_argument("--plots", type=Path, default=None, metavar="DIR", help="write PNG plots (matplotlib) here")
+    p.add_argument("--check", action="store_true", help="exit 1 if a goal was missed")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.repeat < 1:
+        print("smartpool bench: --repeat must be >= 1", file=sys.stderr)
+        return 2
+    opts = Options(url=args.url, repeat=args.repeat, quick=args.quick, plots=args.plots, as_json=args.json)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    scenarios = [load(n) for n in names]
+    if any(s.needs_postgres for s in scenarios):
+        problem = check_postgres(opts.url)
+        if problem is not None:
+            print(f"smartpool bench: {problem}", file=sys.stderr)
+            return 2
+    machine = machine_info(opts.url)
+    if not opts.as_json:
+        print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
+    reports: list[Report] = []
+    from .harness import render, run
+
+    for scenario in scenarios:
+        report = run(scenario, opts)
+        reports.append(report)
+        if not opts.as_json:
+            print(render(report), flush=True)
+    if opts.as_json:
+        print(dumps(reports, machine))
+    progress("done")
+    missed = [g for r in reports for g in r.verdict.goals if not g.met]
+    return 1 if args.check and missed else 0

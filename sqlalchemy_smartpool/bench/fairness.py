@@ -1,0 +1,232 @@
+"""fairness: 30 threads share 10 connections, each request holds one for ``pg_sleep(0.002)``.
+
+Per implementation: all threads start at a barrier and loop for a fixed time;
+a request counts if it started before the deadline. Reported: Jain's
+fairness index over per-thread completions (1.0 = perfectly even), the wait
+for a connection (p50 / p99 / p99.9 / max), throughput, and starved threads
+(fewer than half the mean completions). Both SQLAlchemy pools are used the
+way psycopg_pool is: check out, run the statement, return (SQLAlchemy rolls
+back on return, psycopg_pool's ``with conn`` commits; one round trip each).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .harness import (
+    Goal,
+    Options,
+    Row,
+    Scenario,
+    Trial,
+    Verdict,
+    find,
+    jain_index,
+    percentile,
+    progress,
+    psycopg_pool,
+    queue_engine,
+    smart_engine,
+    with_driver,
+)
+
+THREADS = 30
+CONNECTIONS = 10
+SQL = "select pg_sleep(0.002)"
+QUEUE = "QueuePool[psycopg2]"
+SMART2 = "SmartPool[psycopg2]"
+PSYCOPG = "psycopg_pool[psycopg]"
+SMART3 = "SmartPool[psycopg]"
+JAIN_GOAL = 0.99
+
+Request = Callable[[], float]  # runs one request, returns the wait for the connection (s)
+
+
+def _sa_request(engine: Any) -> Request:
+    connect = engine.pool.connect
+    clock = time.perf_counter
+
+    def request() -> float:
+        t0 = clock()
+        conn = connect()
+        waited = clock() - t0
+        try:
+            cur = conn.cursor()
+            cur.execute(SQL)
+            cur.fetchall()
+            cur.close()
+        finally:
+            conn.close()
+        return waited
+
+    return request
+
+
+def _pg_request(pool: Any) -> Request:
+    getconn, putconn = pool.getconn, pool.putconn
+    clock = time.perf_counter
+
+    def request() -> float:
+        t0 = clock()
+        conn = getconn()
+        waited = clock() - t0
+        try:
+            with conn:  # what pool.connection() does: commit on exit
+                conn.execute(SQL).fetchall()
+        finally:
+            putconn(conn)
+        return waited
+
+    return request
+
+
+def _drive(request: Request, duration: float) -> dict[str, Any]:
+    counts = [0] * THREADS
+    waits: list[list[float]] = [[] for _ in range(THREADS)]
+    errors: list[BaseException] = []
+    marks: dict[str, float] = {}
+
+    def started() -> None:
+        marks["start"] = time.perf_counter()
+
+    barrier = threading.Barrier(THREADS, action=started)
+
+    def worker(i: int) -> None:
+        mine = waits[i]
+        barrier.wait()
+        deadline = marks["start"] + duration
+        n = 0
+        try:
+            while time.perf_counter() < deadline:
+                mine.append(request())
+                n += 1
+        except BaseException as err:  # reported, never silently lost
+            errors.append(err)
+        counts[i] = n
+
+    threads = [threading.Thread(target=worker, args=(i,), name=f"bench-fair-{i}") for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - marks["start"]
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed; first: {errors[0]!r}")
+    return {"counts": counts, "waits": sorted(w for ws in waits for w in ws), "elapsed": elapsed}
+
+
+def _row(impl: str, run: dict[str, Any]) -> Row:
+    counts: list[int] = run["counts"]
+    waits: list[float] = run["waits"]
+    mean = sum(counts) / len(counts)
+    return {
+        "impl": impl,
+        "jain": jain_index(counts),
+        "req_per_s": sum(counts) / run["elapsed"],
+        "wait_p50_ms": percentile(waits, 50) * 1e3,
+        "wait_p99_ms": percentile(waits, 99) * 1e3,
+        "wait_p999_ms": percentile(waits, 99.9) * 1e3,
+        "wait_max_ms": waits[-1] * 1e3,
+        "min_per_thread": min(counts),
+        "max_per_thread": max(counts),
+        "starved": sum(1 for c in counts if c < 0.5 * mean),
+    }
+
+
+def trial(opts: Options) -> Trial:
+    duration = 1.0 if opts.quick else 5.0
+    url3 = with_driver(opts.url, "psycopg")
+    # one implementation at a time: never more than 10 of our backends open at once
+    makers: list[tuple[str, Callable[[], tuple[Request, Callable[[], None]]]]] = []
+
+    def sa(engine_factory: Callable[[], Any]) -> Callable[[], tuple[Request, Callable[[], None]]]:
+        def make() -> tuple[Request, Callable[[], None]]:
+            engine = engine_factory()
+            if hasattr(engine.pool, "wait"):
+                engine.pool.wait()
+            else:  # open QueuePool's 10 connections up front too
+                held = [engine.pool.connect() for _ in range(CONNECTIONS)]
+                for c in held:
+                    c.close()
+            return _sa_request(engine), engine.dispose
+
+        return make
+
+    def pg() -> tuple[Request, Callable[[], None]]:
+        pool = psycopg_pool(url3, min_size=CONNECTIONS, max_size=CONNECTIONS)
+        return _pg_request(pool), pool.close
+
+    makers.append((QUEUE, sa(lambda: queue_engine(opts.url, pool_size=CONNECTIONS, max_overflow=0))))
+    makers.append(
+        (SMART2, sa(lambda: smart_engine(opts.url, min_size=CONNECTIONS, max_size=CONNECTIONS)))
+    )
+    makers.append((PSYCOPG, pg))
+    makers.append((SMART3, sa(lambda: smart_engine(url3, min_size=CONNECTIONS, max_size=CONNECTIONS))))
+    rows: list[Row] = []
+    series: dict[str, Any] = {}
+    for impl, make in makers:
+        request, close = make()
+        try:
+            progress(f"fairness: {impl} for {duration:g}s")
+            run = _drive(request, duration)
+        finally:
+            close()
+        rows.append(_row(impl, run))
+        series[impl] = run
+    notes = [
+        f"{THREADS} threads, {CONNECTIONS} connections, {duration:g} s per implementation, "
+        f"request = checkout, `{SQL}`, return",
+        "starved = threads with < 50% of the mean completions",
+    ]
+    return Trial(rows, series=series, notes=notes)
+
+
+def judge(rows: list[Row]) -> Verdict:
+    q, p = find(rows, impl=QUEUE), find(rows, impl=PSYCOPG)
+    best = max(q["req_per_s"], p["req_per_s"])
+    ratios: dict[str, float] = {}
+    goals: list[Goal] = []
+    for impl, same in ((SMART2, q), (SMART3, p)):
+        s = find(rows, impl=impl)
+        ratios[f"{impl} req/s / {same['impl']} req/s"] = s["req_per_s"] / same["req_per_s"]
+        ratios[f"{impl} req/s / best anchor req/s"] = s["req_per_s"] / best
+        ratios[f"{impl} wait p99.9 / psycopg_pool wait p99.9"] = s["wait_p999_ms"] / p["wait_p999_ms"]
+        goals.append(
+            Goal(f"{impl}: Jain >= {JAIN_GOAL}", f">= {JAIN_GOAL}", f"{s['jain']:.4f}", s["jain"] >= JAIN_GOAL)
+        )
+        goals.append(
+            Goal(
+                f"{impl}: wait p99.9 no worse than psycopg_pool's",
+                f"<= {p['wait_p999_ms']:.2f} ms",
+                f"{s['wait_p999_ms']:.2f} ms",
+                s["wait_p999_ms"] <= p["wait_p999_ms"],
+            )
+        )
+        goals.append(
+            Goal(
+                f"{impl}: req/s >= better of QueuePool and psycopg_pool",
+                f">= {best:.0f} req/s",
+                f"{s['req_per_s']:.0f} req/s ({s['req_per_s'] / best:.3f}x)",
+                s["req_per_s"] >= best,
+            )
+        )
+    return Verdict(ratios, goals)
+
+
+def plot(trial: Trial, directory: Path) -> list[Path]:
+    from .plots import fairness_plot
+
+    return [fairness_plot(trial.series, directory / "fairness.png")]
+
+
+SCENARIO = Scenario(
+    name="fairness",
+    title=f"{THREADS} threads / {CONNECTIONS} connections, pg_sleep(2 ms) per request",
+    trial=trial,
+    judge=judge,
+    plot=plot,
+)

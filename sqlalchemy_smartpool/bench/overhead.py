@@ -1,0 +1,165 @@
+"""overhead: checkout + checkin of an idle connection, no SQL.
+
+This is the cost a pool adds to every request. Each round times a block of
+iterations for every implementation back to back (rotating the order), so
+drift on a shared machine hits all of them alike; a row reports the median
+round, and the ratio column is the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .harness import (
+    Goal,
+    Options,
+    Row,
+    Scenario,
+    Trial,
+    Verdict,
+    find,
+    median,
+    progress,
+    psycopg_pool,
+    queue_engine,
+    smart_engine,
+    with_driver,
+)
+
+SMART = "SmartPool[psycopg2]"
+SMART_NOSTATS = "SmartPool[psycopg2] track_wait_times=False"
+QUEUE = "QueuePool[psycopg2]"
+PSYCOPG = "psycopg_pool[psycopg]"
+RAW = "checkout+checkin"
+CTX = "context manager"
+GOAL = 0.9
+
+Loop = Callable[[int], float]
+
+
+def _timed(body: Callable[[], None]) -> Loop:
+    def loop(n: int) -> float:
+        gc.collect()
+        gc.disable()  # as timeit does: a collection landing in one block is noise
+        try:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                body()
+            return time.perf_counter() - t0
+        finally:
+            gc.enable()
+
+    return loop
+
+
+def _sa_loops(engine: Any) -> dict[str, Loop]:
+    pool = engine.pool
+
+    def raw() -> None:
+        pool.connect().close()
+
+    def ctx() -> None:
+        with engine.connect():
+            pass
+
+    return {RAW: _timed(raw), CTX: _timed(ctx)}
+
+
+def _pg_loops(pool: Any) -> dict[str, Loop]:
+    def raw() -> None:
+        pool.putconn(pool.getconn())
+
+    def ctx() -> None:
+        with pool.connection():
+            pass
+
+    return {RAW: _timed(raw), CTX: _timed(ctx)}
+
+
+def trial(opts: Options) -> Trial:
+    iters = 500 if opts.quick else 4000
+    rounds = 3 if opts.quick else 15
+    smart = smart_engine(opts.url)
+    smart_nostats = smart_engine(opts.url, track_wait_times=False)
+    queue = queue_engine(opts.url)
+    pg = psycopg_pool(with_driver(opts.url, "psycopg"), min_size=5)
+    try:
+        for e in (smart, smart_nostats):
+            e.pool.wait()
+        for e in (smart, smart_nostats, queue):
+            with e.connect():
+                pass
+        impls: dict[str, dict[str, Loop]] = {
+            SMART: _sa_loops(smart),
+            SMART_NOSTATS: _sa_loops(smart_nostats),
+            QUEUE: _sa_loops(queue),
+            PSYCOPG: _pg_loops(pg),
+        }
+        cells = [(impl, op) for op in (RAW, CTX) for impl in impls]
+        for impl, op in cells:  # warm up: caches, code paths, CPU frequency
+            impls[impl][op](iters // 4)
+        samples: dict[tuple[str, str], list[float]] = {c: [] for c in cells}
+        for r in range(rounds):
+            k = r % len(cells)
+            for impl, op in cells[k:] + cells[:k]:
+                samples[(impl, op)].append(impls[impl][op](iters) / iters * 1e6)
+            progress(f"overhead: round {r + 1}/{rounds}")
+        rows: list[Row] = []
+        for impl, op in cells:
+            xs = samples[(impl, op)]
+            q = samples[(QUEUE, op)]
+            p = samples[(PSYCOPG, op)]
+            rows.append(
+                {
+                    "impl": impl,
+                    "op": op,
+                    "us_per_op": median(xs),
+                    "us_min": min(xs),
+                    "ops_per_s": 1e6 / median(xs),
+                    "x_queuepool": median(a / b for a, b in zip(xs, q, strict=True)),
+                    "x_psycopg_pool": median(a / b for a, b in zip(xs, p, strict=True)),
+                }
+            )
+        notes = [
+            f"{rounds} rounds x {iters} iterations per cell, order rotated each round; "
+            "x_* = median of per-round ratios (same round, back to back)",
+            "SmartPool: default settings (stats on, validate_on_checkout=True with 0.5 s bypass window); "
+            "QueuePool: create_engine() defaults; psycopg_pool: min_size=5",
+            f"op {RAW!r}: pool.connect().close() (psycopg_pool: putconn(getconn())); "
+            f"op {CTX!r}: `with engine.connect(): pass` (psycopg_pool: `with pool.connection(): pass`)",
+        ]
+        return Trial(rows, notes=notes)
+    finally:
+        for e in (smart, smart_nostats, queue):
+            e.dispose()
+        pg.close()
+
+
+def judge(rows: list[Row]) -> Verdict:
+    ratios: dict[str, float] = {}
+    goals: list[Goal] = []
+    for op in (RAW, CTX):
+        s = find(rows, impl=SMART, op=op)
+        ratios[f"{op}: SmartPool / QueuePool"] = s["x_queuepool"]
+        ratios[f"{op}: SmartPool / psycopg_pool"] = s["x_psycopg_pool"]
+        goals.append(
+            Goal(
+                name=f"overhead {op}: SmartPool <= {GOAL}x QueuePool",
+                target=f"<= {GOAL:.2f}x",
+                measured=f"{s['x_queuepool']:.3f}x ({s['us_per_op']:.2f} us vs "
+                f"{find(rows, impl=QUEUE, op=op)['us_per_op']:.2f} us)",
+                met=s["x_queuepool"] <= GOAL,
+            )
+        )
+    return Verdict(ratios, goals)
+
+
+SCENARIO = Scenario(
+    name="overhead",
+    title="checkout+checkin of an idle connection (us per op)",
+    trial=trial,
+    judge=judge,
+)
