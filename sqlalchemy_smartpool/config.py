@@ -65,7 +65,11 @@ class CircuitBreakerConfig:
     ``ratio_window`` seconds failed, over at least ``ratio_min_calls`` of them).
     While open it lets one probe through at a time, waiting between probes with
     exponential backoff from ``backoff_initial`` to ``backoff_max`` seconds,
-    each delay spread by +/- ``jitter`` (a fraction) so fleets do not probe in step.
+    each delay spread by +/- ``jitter`` (a fraction, never past ``backoff_max``)
+    so fleets do not probe in step. The default ceiling of 1 s means a pool
+    notices a recovered database within a second, for one connect attempt per
+    second per pool while it is down; raise it (the plan allows 30 s) for
+    large fleets.
     """
 
     enabled: bool = True
@@ -73,8 +77,8 @@ class CircuitBreakerConfig:
     failure_ratio: float | None = None
     ratio_window: float = 10.0
     ratio_min_calls: int = 10
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    backoff_initial: float = 0.25
+    backoff_max: float = 1.0
     backoff_multiplier: float = 2.0
     jitter: float = 0.2
 

@@ -214,11 +214,16 @@ class PoolCore(Generic[C]):
         slot = self.new_slot(conn, now)
         return slot, self._place(slot, now)
 
-    def connect_failed(self, error: BaseException, now: float) -> list[Waiter[C]]:
-        """A background connect failed: tell the breaker; fail waiters it leaves hopeless."""
-        self.pending -= 1
+    def note_connect_failure(self, error: BaseException) -> bool:
+        """One connect attempt failed. Returns whether retrying is still worthwhile
+        (False once the breaker has opened)."""
         self.counters[S.CONNECTIONS_FAILED] += 1
         self.breaker.record_failure(error)
+        return not self.breaker.is_open
+
+    def connect_abandoned(self) -> list[Waiter[C]]:
+        """A background connect gave up: fail the waiters the breaker leaves hopeless."""
+        self.pending -= 1
         if self._breaker_blocks() and not self.pending:
             failed = list(self.waiters)
             self.waiters.clear()
@@ -228,6 +233,11 @@ class PoolCore(Generic[C]):
             self.counters[S.REJECTED_BREAKER] += len(failed)
             return failed
         return []
+
+    def connect_failed(self, error: BaseException, now: float) -> list[Waiter[C]]:
+        """A background connect failed once and gave up (no retries)."""
+        self.note_connect_failure(error)
+        return self.connect_abandoned()
 
     # -- checkin ----------------------------------------------------------------------
 
@@ -265,6 +275,16 @@ class PoolCore(Generic[C]):
         if slot.validated_at < self.suspect_before:
             return True
         return now - slot.last_used > self.config.validation_interval
+
+    def retire_idle_before(self, now: float) -> list[Slot[C]]:
+        """Take out every idle connection opened before ``now`` (a disconnect was seen
+        and nothing validates them); the caller closes them."""
+        old = [s for s in self.idle if s.created_at < now]
+        if old:
+            self.idle = deque(s for s in self.idle if s.created_at >= now)
+            self.size -= len(old)
+            self.counters[S.CONNECTIONS_INVALIDATED] += len(old)
+        return old
 
     def mark_suspect(self, now: float) -> None:
         """A disconnect was seen: every connection older than now is validated before reuse."""

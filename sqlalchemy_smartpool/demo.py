@@ -207,7 +207,9 @@ class _Workload:
             if t.ident is not None:
                 t.join(max(0.0, deadline - time.monotonic()))
 
-    def result(self, index: int, start: float, end: float, first: int, c0: int, samples: Sequence[Sample]) -> PhaseResult:
+    def result(
+        self, index: int, start: float, end: float, first: int, c0: int, samples: Sequence[Sample]
+    ) -> PhaseResult:
         """Phase ``index`` as measured so far (its samples start at ``samples[first]``)."""
         phase = self.phases[index]
         in_phase = [s for s in samples[first:] if s.phase == index]
@@ -246,7 +248,7 @@ class _Workload:
                                 text(f"SELECT count(*), max(id) FROM {TABLE} WHERE client = :c"), {"c": i}
                             ).one()
                         else:
-                            conn.execute(text(f"SELECT id, payload FROM {TABLE} ORDER BY id DESC LIMIT 5")).all()
+                            conn.execute(text(f"SELECT id, payload FROM {TABLE} ORDER BY id DESC LIMIT 5"))
                         # the request's own work, connection held (no transaction open: WAL
                         # readers and the writers below never block on it)
                         self.stop.wait(rng.uniform(*HOLD))
@@ -256,7 +258,12 @@ class _Workload:
                                     f"INSERT INTO {TABLE} (client, phase, payload, created) "
                                     "VALUES (:c, :p, :payload, :t)"
                                 ),
-                                {"c": i, "p": phase.name, "payload": f"x{rng.randrange(10**6)}", "t": time.time()},
+                                {
+                                    "c": i,
+                                    "p": phase.name,
+                                    "payload": f"x{rng.randrange(999999)}",
+                                    "t": time.time(),
+                                },
                             )
                             conn.commit()
                 except PoolTimeout:
@@ -266,7 +273,7 @@ class _Workload:
                 with self.cond:
                     self.waits[index].append(waited)
                 self.stop.wait(rng.uniform(*phase.think))
-        except BaseException as err:  # noqa: BLE001 - any failure ends the demo, loudly
+        except BaseException as err:  # any failure ends the demo, loudly
             with self.cond:
                 self.errors.append(err)
             self.stop.set()
@@ -436,7 +443,7 @@ class PlainReporter:
         self._write(
             f"phase {index + 1}/{self._count} {result.name:<10} {result.clients:>2} clients "
             f"{result.seconds:5.1f} s  {result.requests:>6} requests ({result.throughput:6.0f}/s)  "
-            f"pool size peak {result.peak_size:>2}, end {result.end_size:>2}  max waiting {result.max_waiting}"
+            f"size peak {result.peak_size:>2}, end {result.end_size:>2}, waiting max {result.max_waiting}"
         )
 
     def stop(self) -> None:
@@ -462,8 +469,10 @@ class RichReporter:
             BarColumn(bar_width=24),
             TimeElapsedColumn(),
             TextColumn(
-                "clients [bold]{task.fields[clients]:>2}[/]  size [bold green]{task.fields[size]:>2}[/]"
-                "  in use [bold yellow]{task.fields[in_use]:>2}[/]  waiting [bold red]{task.fields[waiting]:>2}[/]"
+                "clients [bold]{task.fields[clients]:>2}[/]"
+                "  size [bold green]{task.fields[size]:>2}[/]"
+                "  in use [bold yellow]{task.fields[in_use]:>2}[/]"
+                "  waiting [bold red]{task.fields[waiting]:>2}[/]"
                 "  [bold]{task.fields[rate]:>5.0f}[/] checkouts/s"
             ),
             console=self._console,
@@ -589,24 +598,48 @@ def plot(result: DemoResult, out: str | os.PathLike[str]) -> Path:
         pad=18,  # room for the phase names between the title and the plot
     )
     # phase bands, named at the top
-    bounds: list[tuple[str, float, float]] = []
-    for index, phase in enumerate(result.phases):
+    bounds: list[tuple[int, float, float]] = []
+    for index in range(len(result.phases)):
         ts = [s.t for s in samples if s.phase == index]
         if ts:
-            bounds.append((phase.name, ts[0], ts[-1]))
-    for i, (name, t0, t1) in enumerate(bounds):
+            bounds.append((index, ts[0], ts[-1]))
+    for i, (index, t0, t1) in enumerate(bounds):
         end = bounds[i + 1][1] if i + 1 < len(bounds) else t1
         for ax in (top, bottom):
             ax.axvspan(t0, end, color="#f2f2f2" if i % 2 else "#e4ecf7", zorder=0, lw=0)
-        top.text((t0 + end) / 2, 1.0, name, transform=top.get_xaxis_transform(), ha="center", va="bottom",
-                 fontsize=9, color="#444444")
-    top.fill_between(t, [s.clients for s in samples], step="post", color="#bbbbbb", alpha=0.6,
-                     label="active clients (demand)")
+        top.text(
+            (t0 + end) / 2,
+            1.0,
+            result.phases[index].name,
+            transform=top.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            color="#444444",
+        )
+    top.fill_between(
+        t,
+        [s.clients for s in samples],
+        step="post",
+        color="#bbbbbb",
+        alpha=0.6,
+        label="active clients (demand)",
+    )
     top.step(t, [s.size for s in samples], where="post", color="#1f77b4", lw=2.4, label="pool size")
     top.step(t, [s.in_use for s in samples], where="post", color="#ff7f0e", lw=1.2, label="in use")
     top.step(t, [s.waiting for s in samples], where="post", color="#d62728", lw=1.0, label="waiting")
     top.axhline(cfg.max_size, color="#1f77b4", ls="--", lw=0.9, label=f"max_size ({cfg.max_size})")
     top.axhline(cfg.min_size, color="#2ca02c", ls="--", lw=0.9, label=f"min_size ({cfg.min_size})")
+    # where surplus connections become eligible to close: demand dropped, then idle_timeout passed
+    drops = [
+        t0 + cfg.idle_timeout
+        for index, t0, _ in bounds
+        if index and result.phases[index].clients < result.phases[index - 1].clients
+    ]
+    for i, x in enumerate(drops):
+        top.axvline(
+            x, color="#2ca02c", ls=":", lw=1.2, label="demand drop + idle_timeout" if i == 0 else None
+        )
     top.set_ylabel("connections / clients")
     top.set_ylim(0, max([cfg.max_size, *(s.clients for s in samples), *(s.waiting for s in samples)]) + 3)
     top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, framealpha=0.9)
@@ -634,7 +667,7 @@ def _require_extras() -> None:
             importlib.import_module(module)
         except ImportError:
             raise DemoError(
-                f"the demo needs {module}; install it with: pip install 'sqlalchemy-smartpool[plot,cli]'"
+                f"the demo needs {module} (extra '{extra}'): pip install 'sqlalchemy-smartpool[plot,cli]'"
             ) from None
 
 
@@ -654,12 +687,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="A bursty multi-threaded workload on embedded SQLite: watch SmartPool grow with "
         "demand and shrink back to min_size once idle. Prints a summary and writes a PNG plot.",
     )
-    parser.add_argument("--duration-scale", type=_positive, default=1.0, metavar="FLOAT",
-                        help="multiply every phase and pool timing by this (default 1: about 22 s)")
+    parser.add_argument(
+        "--duration-scale",
+        type=_positive,
+        default=1.0,
+        metavar="FLOAT",
+        help="multiply every phase and pool timing by this (default 1: about 22 s)",
+    )
     parser.add_argument("--db", metavar="PATH", help="SQLite database file (default: a temporary file)")
-    parser.add_argument("--out", metavar="PATH", default=DEFAULT_OUT, help=f"PNG path (default ./{DEFAULT_OUT})")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="plain text instead of a live progress bar (automatic when not a terminal)")
+    parser.add_argument(
+        "--out", metavar="PATH", default=DEFAULT_OUT, help=f"PNG plot path (default ./{DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="plain text instead of a live progress bar (automatic when not a terminal)",
+    )
     return parser
 
 
@@ -715,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"database: {result.db_path}" + (" (temporary, removed)" if tmp is not None else ""))
     if not (result.grew and result.shrank_back):
         print(
-            f"smartpool demo: error: expected the pool to grow above min_size {cfg.min_size} and return to it; "
+            f"smartpool demo: error: expected the pool to grow above min_size {cfg.min_size} and return; "
             f"peak {result.peak_size}, final {result.final_size}",
             file=sys.stderr,
         )

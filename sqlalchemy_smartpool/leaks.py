@@ -21,13 +21,17 @@ _SKIP = ("sqlalchemy/", "sqlalchemy_smartpool/", "sqlalchemy\\", "sqlalchemy_sma
 _MAX_FRAMES = 40
 
 
-@dataclasses.dataclass(frozen=True)
 class Lease:
-    """Who holds a connection: the thread and the stack of the checkout."""
+    """Who holds a connection: the thread, the stack of the checkout, the last SQL run."""
 
-    thread: str
-    stack: tuple[tuple[str, int, str], ...]
-    reported: list[bool] = dataclasses.field(default_factory=lambda: [False], compare=False)
+    __slots__ = ("reported", "stack", "statement", "thread")
+
+    def __init__(self, thread: str, stack: tuple[tuple[str, int, str], ...]) -> None:
+        self.thread = thread
+        self.stack = stack
+        self.reported = False
+        #: the last statement executed on the connection (SQL text only, never parameters)
+        self.statement: str | None = None
 
     def format_stack(self) -> str:
         return "".join(f'  File "{f}", line {n}, in {fn}\n' for f, n, fn in self.stack)
@@ -41,6 +45,7 @@ class LeakInfo:
     thread: str
     held_for: float
     stack: str
+    last_statement: str | None
 
 
 def capture() -> Lease:
@@ -62,40 +67,86 @@ def describe(slots: Iterable[Any], now: float) -> list[LeakInfo]:
     for slot in slots:
         lease = slot.lease
         if isinstance(lease, Lease):
-            out.append(LeakInfo(slot.id, lease.thread, now - slot.checked_out_at, lease.format_stack()))
+            out.append(
+                LeakInfo(
+                    slot.id, lease.thread, now - slot.checked_out_at, lease.format_stack(), lease.statement
+                )
+            )
     return out
 
 
+#: statements are cut to this length in reports: enough to recognise, not a data dump
+MAX_STATEMENT = 300
+
+
+def note_statement(lease: Lease, statement: str) -> None:
+    lease.statement = statement if len(statement) <= MAX_STATEMENT else statement[:MAX_STATEMENT] + "..."
+
+
 class LeakReporter:
-    """Logs each suspected leak once, and its return if it comes back."""
+    """Logs each suspected leak once, its return if it comes back, and
+    connections the garbage collector reclaimed without a return."""
 
     def __init__(self, pool_name: str) -> None:
         self.pool_name = pool_name
-        self.suspected_count = 0
-        self.returned_count = 0
+
+    def _details(self, lease: Lease) -> str:
+        statement = f"\n  last statement: {lease.statement}" if lease.statement else ""
+        return f"checked out by thread {lease.thread!r} at:\n{lease.format_stack()}{statement}"
 
     def suspected(self, slot: Any, now: float) -> bool:
+        """Report a connection held past the threshold; True the first time only."""
         lease = slot.lease
-        if not isinstance(lease, Lease) or lease.reported[0]:
+        if not isinstance(lease, Lease) or lease.reported:
             return False
-        lease.reported[0] = True
-        self.suspected_count += 1
+        lease.reported = True
         logger.warning(
-            "pool %s: connection #%d held for %.1fs by thread %r -- possible leak; checked out at:\n%s",
+            "pool %s: connection #%d held for %.1fs -- possible leak; %s",
             self.pool_name,
             slot.id,
             now - slot.checked_out_at,
-            lease.thread,
-            lease.format_stack(),
+            self._details(lease),
         )
         return True
 
-    def returned(self, slot: Any, lease: Any, now: float) -> None:
-        if isinstance(lease, Lease) and lease.reported[0]:
-            self.returned_count += 1
+    def returned(self, slot: Any, lease: Any, now: float) -> bool:
+        """Note the return of a reported leak; True if it had been reported."""
+        if isinstance(lease, Lease) and lease.reported:
             logger.info(
                 "pool %s: connection #%d reported as a possible leak came back after %.1fs",
                 self.pool_name,
                 slot.id,
                 now - slot.checked_out_at,
             )
+            return True
+        return False
+
+    def collected(self, slot: Any, lease: Any, now: float) -> None:
+        """A checkout was never returned: the garbage collector reclaimed it."""
+        if not isinstance(lease, Lease):
+            return
+        logger.warning(
+            "pool %s: connection #%d was never returned; the garbage collector reclaimed it "
+            "after %.1fs; %s",
+            self.pool_name,
+            slot.id,
+            now - slot.checked_out_at,
+            self._details(lease),
+        )
+
+
+def returned_by_gc() -> bool:
+    """Is the current checkin SQLAlchemy's garbage-collection cleanup of a fairy?
+
+    SQLAlchemy returns a dropped connection through ``_finalize_fairy(...,
+    is_gc_cleanup=True)`` with no public flag for it, so look a few frames up.
+    Only called when leak detection is on.
+    """
+    f: Any = sys._getframe(1)
+    for _ in range(8):
+        if f is None:
+            return False
+        if f.f_code.co_name == "_finalize_fairy":
+            return bool(f.f_locals.get("is_gc_cleanup"))
+        f = f.f_back
+    return False

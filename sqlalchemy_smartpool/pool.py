@@ -10,18 +10,16 @@ connecting, closing and timed work live in the pieces named after them.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnDialect, _ConnectionRecord
 
-from . import leaks
+from . import drivers, leaks
 from . import stats as S
 from .config import PoolConfig, coerce_setting
 from .core import PoolCore, Slot, Waiter
@@ -167,6 +165,11 @@ class SmartPool(Pool):
         )
         self._validate = self._config.validate_on_checkout and self._can_validate
         self._hk: Housekeeper | None = None
+        real_dialect = not isinstance(self._dialect, _ConnDialect)
+        if real_dialect and self._config.connect_timeout is not None:
+            drivers.install_connect_timeout(self._dialect, self._config.connect_timeout)
+        if real_dialect and self._leak_threshold is not None:
+            drivers.install_statement_hook(self._dialect, _note_statement)
         self._tick_timer: Any = None
         self._leak_reports = leaks.LeakReporter(self._pool_name)
 
@@ -354,13 +357,24 @@ class SmartPool(Pool):
             connects = self._core.plan_connects(now) if close else 0
         if lease is not None:
             slot.lease = None
-            self._leak_reports.returned(slot, lease, now)
+            self._leak_returned(slot, lease, now)
         if waiter is not None:
             waiter.wake()
         if close:
             self._close_soon(record)
         if connects:
             self._spawn_connects(connects)
+
+    def _leak_returned(self, slot: Slot[_ConnectionRecord], lease: Any, now: float) -> None:
+        if leaks.returned_by_gc():
+            self._leak_reports.collected(slot, lease, now)
+            key = S.LEAKS_COLLECTED
+        elif self._leak_reports.returned(slot, lease, now):
+            key = S.LEAKS_RETURNED
+        else:
+            return
+        with self._lock:
+            self._core.counters[key] += 1
 
     def _invalidate(
         self, connection: Any, exception: BaseException | None = None, _checkin: bool = True
@@ -369,8 +383,21 @@ class SmartPool(Pool):
         # request threads. A disconnect usually means "this one died"; for a
         # server restart the others fail validation and are replaced in the
         # background. So: mark them suspect instead.
+        # Without validation there is no such check, so retire the older idle
+        # connections (as SQLAlchemy does), but close and replace them here in
+        # the background rather than in the next callers' threads.
+        now = self._clock()
+        retired: list[Slot[_ConnectionRecord]] = []
+        connects = 0
         with self._lock:
-            self._core.mark_suspect(self._clock())
+            self._core.mark_suspect(now)
+            if not self._validate:
+                retired = self._core.retire_idle_before(now)
+                connects = self._core.plan_connects(now)
+        for slot in retired:
+            self._close_soon(slot.conn)
+        if retired and connects:
+            self._spawn_connects(connects)
         if _checkin and getattr(connection, "is_valid", False):
             connection.invalidate(exception)
 
@@ -439,9 +466,9 @@ class SmartPool(Pool):
         if dbapi_conn is None:
             return False
         watchdog = None
-        fd = _socket_fd(dbapi_conn)
+        fd = drivers.socket_fd(dbapi_conn)
         if fd is not None and self._hk is not None:
-            watchdog = self._hk.call_later(self._config.validation_timeout, lambda: _abort_socket(fd))
+            watchdog = self._hk.call_later(self._config.validation_timeout, lambda: drivers.abort_socket(fd))
         try:
             query = self._config.validation_query
             if query is None:
@@ -510,7 +537,9 @@ class SmartPool(Pool):
         if plan.connects:
             self._spawn_connects(plan.connects)
         for slot in plan.leaks:
-            self._leak_reports.suspected(slot, now)
+            if self._leak_reports.suspected(slot, now):
+                with self._lock:
+                    self._core.counters[S.LEAKS_SUSPECTED] += 1
 
     def _keepalive(self, slot: Slot[_ConnectionRecord]) -> None:
         ok = self._ping(slot)
@@ -526,29 +555,45 @@ class SmartPool(Pool):
             self._spawn_connects(connects)
 
     def _open_one(self) -> None:
-        """Body of a background connect: open, then serve the longest waiter or park idle."""
+        """Body of a background connect: open, then serve the longest waiter or park idle.
+
+        Every failed attempt feeds the breaker at once (so it can open during
+        the retries); retries stop when it opens and never outlast the
+        checkout timeout of the callers this connect is for. After a failure
+        nothing is re-planned at once -- the next housekeeping tick or the
+        breaker's probe time does that, so a dead database is not hammered.
+        """
+        cfg = self._config
+        deadline = self._clock() + cfg.acquire_timeout
         try:
             record = connect_with_retry(
                 lambda: _ConnectionRecord(self),
-                attempts=self._config.retry_attempts + 1,
-                initial=self._config.retry_backoff_initial,
-                maximum=self._config.retry_backoff_max,
+                attempts=cfg.retry_attempts + 1,
+                initial=cfg.retry_backoff_initial,
+                maximum=cfg.retry_backoff_max,
                 is_transient=self._is_transient,
+                on_failure=self._note_connect_failure,
+                deadline=deadline,
+                clock=self._clock,
             )
         except Exception as err:
-            now = self._clock()
-            logger.warning("pool %s: connect failed: %s", self._pool_name, type(err).__name__)
             with self._lock:
-                failed = self._core.connect_failed(err, now)
-                connects = self._core.plan_connects(now)
-                probe_at = self._core.breaker.next_probe_at if self._core.breaker.is_open else None
+                failed = self._core.connect_abandoned()
+                breaker = self._core.breaker
+                probe_at = breaker.next_probe_at if breaker.is_open else None
+            # while the breaker is open its own log lines tell the story; keep probes quiet
+            logger.log(
+                logging.DEBUG if probe_at is not None else logging.WARNING,
+                "pool %s: connect failed: %s",
+                self._pool_name,
+                type(err).__name__,
+            )
             for w in failed:
                 w.wake()
-            if connects:
-                self._spawn_connects(connects)
-            elif probe_at is not None and self._hk is not None:
+            hk = self._hk
+            if probe_at is not None and hk is not None:
                 ref = weakref.ref(self)
-                self._hk.call_at(probe_at, lambda: _kick(ref))
+                hk.call_at(probe_at, lambda: _kick(ref))
             return
         now = self._clock()
         with self._lock:
@@ -559,6 +604,10 @@ class SmartPool(Pool):
             waiter.wake()
         if connects:
             self._spawn_connects(connects)
+
+    def _note_connect_failure(self, err: BaseException) -> bool:
+        with self._lock:
+            return self._core.note_connect_failure(err)
 
     def _is_transient(self, err: BaseException) -> bool:
         dbapi = getattr(self._dialect, "loaded_dbapi", None)
@@ -593,6 +642,13 @@ class SmartPool(Pool):
 # ------------------------------------------------------------------ helpers
 
 
+def _note_statement(record: Any, statement: str) -> None:
+    slot = record.__dict__.get(_SLOT)
+    lease = slot.lease if slot is not None else None
+    if isinstance(lease, leaks.Lease):
+        leaks.note_statement(lease, statement)
+
+
 def _tick(ref: weakref.ref[SmartPool]) -> None:
     pool = ref()
     if pool is None:
@@ -613,38 +669,6 @@ def _connect(ref: weakref.ref[SmartPool]) -> None:
     pool = ref()
     if pool is not None:
         pool._open_one()
-
-
-def _socket_fd(dbapi_conn: Any) -> int | None:
-    """The connection's socket descriptor, for drivers that expose one (not sqlite)."""
-    sock = getattr(dbapi_conn, "_sock", None)  # PyMySQL
-    if sock is not None:
-        try:
-            return cast(int, sock.fileno())
-        except (OSError, ValueError):
-            return None
-    fileno = getattr(dbapi_conn, "fileno", None)  # psycopg2, psycopg, mysqlclient
-    if fileno is None:
-        return None
-    try:
-        fd = fileno()
-    except Exception:
-        return None
-    return fd if isinstance(fd, int) and fd >= 0 else None
-
-
-def _abort_socket(fd: int) -> None:
-    """Shut a hung connection's socket down so the blocked call in its thread returns."""
-    try:
-        s = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        s.close()
 
 
 def _build_config(

@@ -18,6 +18,7 @@ def connect_with_retry(
     initial: float,
     maximum: float,
     is_transient: Callable[[BaseException], bool],
+    on_failure: Callable[[BaseException], bool] | None = None,
     deadline: float | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
@@ -25,15 +26,19 @@ def connect_with_retry(
     """Call ``connect`` up to ``attempts`` times while it fails transiently.
 
     A non-transient error (bad password, unknown database) is raised at
-    once: retrying cannot fix it. ``deadline`` (a ``clock`` instant) bounds
-    the whole loop, so retries never outlast the caller's checkout timeout.
+    once: retrying cannot fix it. ``on_failure`` sees every failed attempt
+    (the pool feeds its circuit breaker there) and returns False to stop
+    retrying, e.g. once the breaker opened. ``deadline`` (a ``clock``
+    instant) bounds the whole loop, so retries never outlast the checkout
+    timeout of the callers waiting for this connection.
     """
     backoff = Backoff(initial, maximum)
     for attempt in range(1, attempts + 1):
         try:
             return connect()
         except Exception as err:
-            if attempt >= attempts or not is_transient(err):
+            go_on = on_failure(err) if on_failure is not None else True
+            if not go_on or attempt >= attempts or not is_transient(err):
                 raise
             delay = backoff.next_delay()
             if deadline is not None and clock() + delay >= deadline:

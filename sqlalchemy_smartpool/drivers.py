@@ -1,0 +1,91 @@
+"""What the pool must know about particular DBAPI drivers, and nothing else.
+
+* how each driver spells a connect timeout, so an unreachable host cannot
+  hang a background connect for the OS's minutes;
+* how to reach a connection's socket, so a hung validation can be cut off;
+* how to see the SQL a checkout runs (for leak reports), via the dialect's
+  ``do_execute`` events -- scoped to one engine, installed only when asked.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, cast
+
+from sqlalchemy import event
+
+#: driver name (``dialect.driver``) -> connect kwarg and how to express the seconds
+CONNECT_TIMEOUT_ARGS: dict[str, tuple[str, Callable[[float], Any]]] = {
+    # libpq takes whole seconds (and treats values below 2 as 2)
+    "psycopg2": ("connect_timeout", lambda s: max(1, math.ceil(s))),
+    "psycopg": ("connect_timeout", lambda s: max(1, math.ceil(s))),
+    "mysqldb": ("connect_timeout", lambda s: max(1, math.ceil(s))),
+    "pymysql": ("connect_timeout", float),
+}
+
+
+def install_connect_timeout(dialect: Any, seconds: float) -> bool:
+    """Pass ``seconds`` as the driver's connect timeout unless the app set one.
+
+    Returns False for drivers without one (sqlite: nothing to time out).
+    """
+    spec = CONNECT_TIMEOUT_ARGS.get(getattr(dialect, "driver", ""))
+    if spec is None:
+        return False
+    name, convert = spec
+    value = convert(seconds)
+
+    def _set_timeout(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        cparams.setdefault(name, value)
+
+    event.listen(dialect, "do_connect", _set_timeout)
+    return True
+
+
+def install_statement_hook(dialect: Any, note: Callable[[Any, str], None]) -> None:
+    """Call ``note(pool_record, statement)`` before each statement an engine runs."""
+
+    def _record(cursor: Any, statement: str, *rest: Any) -> None:
+        context = rest[-1] if rest else None
+        fairy = getattr(context, "_dbapi_connection", None)
+        record = getattr(fairy, "_connection_record", None)
+        if record is not None:
+            note(record, statement)
+
+    for name in ("do_execute", "do_execute_no_params", "do_executemany"):
+        event.listen(dialect, name, _record)
+
+
+def socket_fd(dbapi_conn: Any) -> int | None:
+    """The connection's socket descriptor, for drivers that expose one (not sqlite)."""
+    sock = getattr(dbapi_conn, "_sock", None)  # PyMySQL
+    if sock is not None:
+        try:
+            return cast(int, sock.fileno())
+        except (OSError, ValueError):
+            return None
+    fileno = getattr(dbapi_conn, "fileno", None)  # psycopg2, psycopg, mysqlclient
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+    except Exception:
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def abort_socket(fd: int) -> None:
+    """Shut a hung connection's socket down so the call blocked on it returns."""
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        s.close()
