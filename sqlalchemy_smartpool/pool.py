@@ -442,6 +442,7 @@ class SmartPool(Pool):
                     slot.validated_at = now
                     return slot
                 core.counters[S.VALIDATIONS_FAILED] += 1
+                core.checkouts -= 1  # the replacement is the checkout that counts
                 core.discard(slot)
                 core.mark_suspect(now)
                 connects = core.plan_connects(now)
@@ -490,10 +491,10 @@ class SmartPool(Pool):
     # ------------------------------------------------------- background work
 
     def _ensure_started(self) -> None:
-        if self._hk is not None and not self._hk.stopped:
+        if self._hk is not None and self._hk.alive:
             return
         with self._lock:
-            if self._hk is not None and not self._hk.stopped:
+            if self._core.closed or (self._hk is not None and self._hk.alive):
                 return
             self._hk = Housekeeper(
                 self._pool_name, workers=self._config.max_concurrent_connects + 2, clock=self._clock
@@ -510,7 +511,7 @@ class SmartPool(Pool):
 
     def _schedule_tick(self) -> None:
         hk = self._hk
-        if hk is None or hk.stopped:
+        if hk is None or not hk.alive:
             return
         ref = weakref.ref(self)
         hk.call_later(self._config.housekeeping_interval, lambda: _tick(ref))
@@ -519,7 +520,7 @@ class SmartPool(Pool):
         hk = self._hk
         ref = weakref.ref(self)
         for _ in range(n):
-            if hk is None or hk.stopped:
+            if hk is None or not hk.alive:
                 # no background threads (disposed): give the reservations back
                 with self._lock:
                     self._core.pending -= 1
@@ -622,7 +623,7 @@ class SmartPool(Pool):
 
     def _submit(self, job: Callable[[], None]) -> None:
         hk = self._hk
-        if hk is None or hk.stopped:
+        if hk is None or not hk.alive:
             job()
         else:
             hk.submit(job)

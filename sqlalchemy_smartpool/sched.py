@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
@@ -59,6 +60,7 @@ class Housekeeper:
         self._workers = 0
         self._idle_workers = 0
         self._stopped = False
+        self._pid = os.getpid()
 
     # -- timed work -------------------------------------------------------------------
 
@@ -161,3 +163,8 @@ class Housekeeper:
     @property
     def stopped(self) -> bool:
         return self._stopped
+
+    @property
+    def alive(self) -> bool:
+        """Running in this process: after ``os.fork()`` the child has none of its threads."""
+        return not self._stopped and self._pid == os.getpid()
