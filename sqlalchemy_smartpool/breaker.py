@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from .backoff import Backoff
 from .config import CircuitBreakerConfig
+from .errors import describe_error
 
 logger = logging.getLogger("sqlalchemy_smartpool.breaker")
 
@@ -91,9 +92,13 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self.consecutive_failures = 0
         self.probe_in_flight = False
+        recovered = self.state is not BreakerState.CLOSED
+        if recovered:
+            # the outage's failures must not count against the recovered database
+            self._window.clear()
         if self.config.failure_ratio is not None:
             self._note(True)
-        if self.state is not BreakerState.CLOSED:
+        if recovered:
             self._backoff.reset()
             self._move(BreakerState.CLOSED)
 
@@ -101,11 +106,14 @@ class CircuitBreaker:
         self.consecutive_failures += 1
         self.probe_in_flight = False
         if error is not None:
-            # the class name only: driver messages can carry host names and user names
-            self.last_error = type(error).__name__
+            self.last_error = describe_error(error)
         if not self.config.enabled:
             return
-        if self.state is not BreakerState.CLOSED:
+        if self.state is BreakerState.OPEN:
+            # no probe was granted: a connect started before the breaker opened
+            # failed late; the current backoff already accounts for the outage
+            return
+        if self.state is BreakerState.HALF_OPEN:
             # a failed probe: back off further
             self.next_probe_at = self._clock() + self._backoff.next_delay()
             self._move(BreakerState.OPEN)

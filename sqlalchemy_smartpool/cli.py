@@ -9,7 +9,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="smartpool", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="bursty workload on embedded SQLite with a live view")
+    sub.add_parser("demo", help="bursty workload on embedded SQLite with a live view", add_help=False)
     sub.add_parser("bench", help="benchmark scenarios vs QueuePool / psycopg_pool", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":

@@ -345,6 +345,9 @@ def run_demo(
     """
     if not scale > 0 or not math.isfinite(scale):
         raise DemoError(f"duration scale must be a positive number, got {scale!r}")
+    parent = Path(db_path).resolve().parent
+    if not parent.is_dir():
+        raise DemoError(f"cannot create the database {os.fspath(db_path)!r}: no directory {str(parent)!r}")
     scaled = [dataclasses.replace(p, seconds=p.seconds * scale) for p in phases]
     config = demo_config(scale)
     engine = create_engine(f"sqlite:///{os.fspath(db_path)}", poolclass=SmartPool, pool_config=config)
@@ -499,7 +502,8 @@ class RichReporter:
         self._progress.console.print(
             f"[dim]phase {index + 1}/{self._count}[/] [bold]{result.name}[/]: {result.clients} clients, "
             f"{result.requests} requests ({result.throughput:.0f}/s), pool size peak {result.peak_size}, "
-            f"end {result.end_size}"
+            f"end {result.end_size}",
+            highlight=False,
         )
 
     def stop(self) -> None:
@@ -558,17 +562,20 @@ def print_summary(console: Console, result: DemoResult) -> None:
     console.print(per_phase)
     console.print(
         "[dim]peak/end = pool size, wait = most requests queued at once; "
-        "wait percentiles: pool-measured (last 8192 checkouts) above, client-measured per phase[/]"
+        "wait percentiles: pool-measured (last 8192 checkouts) above, client-measured per phase[/]",
+        highlight=False,
     )
     if result.grew:
         console.print(
             f"grew:   pool grew above min_size {cfg.min_size} to a peak of {result.peak_size} "
-            f"during '{result.peak_phase}'"
+            f"during '{result.peak_phase}'",
+            highlight=False,
         )
     if result.shrank_back:
         console.print(
             f"shrank: back to min_size {cfg.min_size} after idle_timeout {cfg.idle_timeout:g}s "
-            f"(final size {result.final_size})"
+            f"(final size {result.final_size})",
+            highlight=False,
         )
 
 

@@ -7,9 +7,31 @@ clause in an application.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
+
+_SECRETS = (
+    # scheme://user:password@host
+    (re.compile(r"(://[^:/@\s]*:)[^@\s]*@"), r"\1***@"),
+    # password=..., passwd=..., pwd=... in DSNs and driver messages
+    (re.compile(r"(?i)\b(password|passwd|pwd)(\s*=\s*)('[^']*'|\"[^\"]*\"|\S+)"), r"\1\2***"),
+)
+
+
+def describe_error(err: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, secrets redacted: safe for logs and errors.
+
+    Driver messages say why a connect failed (unknown host, auth failed for
+    user X) and that is worth showing; a DSN echoed back may carry a password.
+    """
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    for pattern, repl in _SECRETS:
+        text = pattern.sub(repl, text)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 class ConfigError(ValueError):

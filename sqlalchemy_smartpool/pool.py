@@ -23,7 +23,7 @@ from . import drivers, leaks
 from . import stats as S
 from .config import PoolConfig, coerce_setting
 from .core import PoolCore, Slot, Waiter
-from .errors import ConfigError, PoolTimeout
+from .errors import ConfigError, PoolTimeout, describe_error
 from .retry import connect_with_retry
 from .sched import Housekeeper
 
@@ -482,7 +482,7 @@ class SmartPool(Pool):
                 cursor.close()
             return True
         except Exception as err:
-            logger.info("pool %s: validation failed (%s)", self._pool_name, type(err).__name__)
+            logger.info("pool %s: validation failed: %s", self._pool_name, describe_error(err))
             return False
         finally:
             if watchdog is not None:
@@ -587,7 +587,7 @@ class SmartPool(Pool):
                 logging.DEBUG if probe_at is not None else logging.WARNING,
                 "pool %s: connect failed: %s",
                 self._pool_name,
-                type(err).__name__,
+                describe_error(err),
             )
             for w in failed:
                 w.wake()
