@@ -200,6 +200,8 @@ class SmartPool(Pool):
                 wait_p95=p95,
                 wait_p99=p99,
                 wait_max=waits.max,
+                wait_sum=waits.total,
+                closed=core.closed,
             )
 
     def wait(self, timeout: float = 30.0) -> None:

@@ -71,7 +71,7 @@ class WaitSampler:
     percentile, a lock on every checkout is not.
     """
 
-    __slots__ = ("_buf", "_mask", "_n", "max")
+    __slots__ = ("_buf", "_mask", "_n", "max", "total")
 
     def __init__(self, capacity: int = 8192) -> None:
         if capacity <= 0 or capacity & (capacity - 1):
@@ -80,11 +80,14 @@ class WaitSampler:
         self._mask = capacity - 1
         self._n = 0
         self.max = 0.0
+        #: running sum of every wait recorded (for means and Prometheus summaries)
+        self.total = 0.0
 
     def record(self, seconds: float) -> None:
         n = self._n
         self._buf[n & self._mask] = seconds
         self._n = n + 1
+        self.total += seconds
         if seconds > self.max:
             self.max = seconds
 
@@ -106,6 +109,7 @@ class WaitSampler:
     def reset(self) -> None:
         self._n = 0
         self.max = 0.0
+        self.total = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +133,10 @@ class PoolStats:
     wait_p95: float
     wait_p99: float
     wait_max: float
+    #: sum of every acquire wait since the pool started (seconds)
+    wait_sum: float = 0.0
+    #: closed for good by ``close()``
+    closed: bool = False
 
     # Short names the issue and most dashboards use.
     @property
@@ -178,6 +186,8 @@ class PoolStats:
             "wait_p95": self.wait_p95,
             "wait_p99": self.wait_p99,
             "wait_max": self.wait_max,
+            "wait_sum": self.wait_sum,
+            "closed": self.closed,
         }
         out.update(self.counters)
         return out

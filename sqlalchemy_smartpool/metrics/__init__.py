@@ -1,0 +1,244 @@
+"""Pool metrics out of the box: StatsD push, Prometheus pull, and a health report.
+
+The exporters load lazily, so the core package needs no metrics dependency:
+``StatsdMetrics`` needs the ``statsd`` package only to build its default
+client, ``PrometheusCollector`` needs ``prometheus_client``. A missing one is
+reported with the extra to install, not as a bare ``ModuleNotFoundError``.
+
+Everything here reads what a pool already publishes -- ``SmartPool.stats()``
+or, for any other SQLAlchemy pool, ``checkedin()`` / ``checkedout()`` -- and
+never the engine URL, so no exporter can leak credentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.pool import Pool
+
+from .. import stats as S
+from ..stats import PoolStats
+
+if TYPE_CHECKING:
+    from .prometheus import PrometheusCollector
+    from .statsd import StatsdMetrics
+
+__all__ = [
+    "BREAKER_STATE_VALUES",
+    "GAUGES",
+    "PrometheusCollector",
+    "StatsdMetrics",
+    "health",
+]
+
+#: Numeric encoding of the breaker state for gauges: higher is worse.
+BREAKER_STATE_VALUES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
+
+#: Gauges every exporter publishes, by their ``stats`` key (also their metric name).
+GAUGES: tuple[str, ...] = (
+    S.POOL_SIZE,
+    S.POOL_IDLE,
+    S.POOL_IN_USE,
+    S.REQUESTS_WAITING,
+    S.CONNECTIONS_PENDING,
+    S.POOL_MIN,
+    S.POOL_MAX,
+)
+
+#: Checkout failures a caller saw; any increase marks the pool "degraded" in :func:`health`.
+_FAILURE_COUNTERS = (S.TIMEOUTS, S.REJECTED_FULL)
+
+_LAZY = {"StatsdMetrics": (".statsd", "statsd"), "PrometheusCollector": (".prometheus", "prometheus")}
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exporter on first use (PEP 562), naming the extra when its package is missing."""
+    try:
+        module, extra = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    try:
+        mod = importlib.import_module(module, __name__)
+    except ImportError as err:
+        if (err.name or "").startswith("sqlalchemy_smartpool"):
+            raise
+        raise missing_extra(name, err.name or extra, extra) from err
+    value = getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def missing_extra(feature: str, package: str, extra: str) -> ImportError:
+    """The error for an optional dependency that is not installed."""
+    return ImportError(
+        f"{feature} needs the {package!r} package; "
+        f"install it with: pip install 'sqlalchemy-smartpool[{extra}]'"
+    )
+
+
+# ---------------------------------------------------------------------------- pools
+
+
+def resolve_pool(target: Any) -> Pool:
+    """The pool behind a Pool, an Engine or an AsyncEngine (read at each call: dispose() swaps it)."""
+    if isinstance(target, Pool):
+        return target
+    engine = getattr(target, "sync_engine", target)
+    pool = getattr(engine, "pool", None)
+    if isinstance(pool, Pool):
+        return pool
+    # the type only: an engine's repr carries its URL
+    raise TypeError(f"expected a SQLAlchemy Pool or Engine, got {type(target).__name__}")
+
+
+def has_stats(pool: Pool) -> bool:
+    """Whether the pool publishes a :class:`PoolStats` snapshot (SmartPool and its kin)."""
+    return callable(getattr(pool, "stats", None))
+
+
+def pool_name(pool: Pool, override: str | None = None) -> str | None:
+    """The name a user gave the pool: ``name=`` here, else ``PoolConfig.name``, else the
+    SQLAlchemy ``pool_logging_name``. Never derived from the URL."""
+    if override:
+        return override
+    config = getattr(pool, "config", None)
+    name = getattr(config, "name", None) or getattr(pool, "logging_name", None)
+    return name if isinstance(name, str) and name else None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def sanitize(name: str) -> str:
+    """A metric-name segment: every character outside ``[A-Za-z0-9_]`` becomes ``_``."""
+    return _UNSAFE.sub("_", name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What an exporter can read from one pool right now.
+
+    ``counters``, ``breaker_state`` and the wait percentiles exist only for pools
+    with ``stats()``; for other pools the gauges that SQLAlchemy's pool API gives.
+    """
+
+    gauges: dict[str, int]
+    counters: dict[str, int] | None = None
+    breaker_state: str | None = None
+    #: (p50, p95, p99, max) of recent acquire waits, in seconds
+    waits: tuple[float, float, float, float] | None = None
+    stats: PoolStats | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.stats is not None:
+            return self.stats.as_dict()
+        return dict(self.gauges)
+
+
+def read_pool(pool: Pool) -> Snapshot:
+    """Take one :class:`Snapshot` of ``pool`` (no locks held afterwards, no I/O)."""
+    if has_stats(pool):
+        st = pool.stats()  # type: ignore[attr-defined]
+        if isinstance(st, PoolStats):
+            return Snapshot(
+                gauges={
+                    S.POOL_SIZE: st.pool_size,
+                    S.POOL_IDLE: st.pool_idle,
+                    S.POOL_IN_USE: st.pool_in_use,
+                    S.REQUESTS_WAITING: st.requests_waiting,
+                    S.CONNECTIONS_PENDING: st.connections_pending,
+                    S.POOL_MIN: st.pool_min,
+                    S.POOL_MAX: st.pool_max,
+                },
+                counters=dict(st.counters),
+                breaker_state=st.breaker_state,
+                waits=(st.wait_p50, st.wait_p95, st.wait_p99, st.wait_max),
+                stats=st,
+            )
+    gauges: dict[str, int] = {}
+    idle = _call_int(pool, "checkedin")
+    in_use = _call_int(pool, "checkedout")
+    if idle is not None:
+        gauges[S.POOL_IDLE] = idle
+    if in_use is not None:
+        gauges[S.POOL_IN_USE] = in_use
+    if idle is not None and in_use is not None:
+        gauges[S.POOL_SIZE] = idle + in_use  # open connections, as SmartPool counts them
+    return Snapshot(gauges=gauges)
+
+
+def _call_int(pool: Pool, method: str) -> int | None:
+    fn = getattr(pool, method, None)
+    if not callable(fn):
+        return None
+    try:
+        value = fn()
+    except NotImplementedError:
+        return None
+    return max(0, int(value)) if isinstance(value, int) else None
+
+
+# ---------------------------------------------------------------------------- health
+
+
+@dataclasses.dataclass
+class _Trend:
+    failures: int
+    last_increase: float
+
+
+_trends: weakref.WeakKeyDictionary[Pool, _Trend] = weakref.WeakKeyDictionary()
+_trends_lock = threading.Lock()
+
+
+def health(target: Any, *, degraded_for: float = 60.0) -> dict[str, Any]:
+    """A JSON-serialisable health report of a pool (or an engine's pool), for a health endpoint.
+
+    ``status`` is ``"down"`` while the circuit breaker is open or half-open
+    (checkouts that need a new connection fail fast); ``"degraded"`` while
+    requests queue for a connection, or for ``degraded_for`` seconds after a
+    checkout timed out or was turned away by ``max_waiting`` (seen as an
+    increase since the previous ``health()`` call on the same pool; the first
+    call only takes the baseline); else ``"ok"``. Pools without ``stats()``
+    report ``"ok"`` with their gauges. The report holds the pool's name, its
+    class and stats -- never the URL.
+    """
+    pool = resolve_pool(target)
+    snap = read_pool(pool)
+    now = time.monotonic()
+    down: list[str] = []
+    degraded: list[str] = []
+    state = snap.breaker_state
+    if state is not None and state != "closed":
+        down.append(f"circuit breaker {state}")
+    waiting = snap.gauges.get(S.REQUESTS_WAITING, 0)
+    if waiting:
+        degraded.append(f"{waiting} request(s) waiting for a connection")
+    if snap.counters is not None:
+        failures = sum(snap.counters.get(k, 0) for k in _FAILURE_COUNTERS)
+        with _trends_lock:
+            trend = _trends.get(pool)
+            if trend is None:
+                trend = _trends[pool] = _Trend(failures, float("-inf"))
+            elif failures > trend.failures:
+                trend.failures = failures
+                trend.last_increase = now
+            recent = now - trend.last_increase < degraded_for
+        if recent:
+            degraded.append(f"checkouts timed out or were rejected in the last {degraded_for:g}s")
+    status = "down" if down else "degraded" if degraded else "ok"
+    return {
+        "status": status,
+        "reasons": down + degraded,
+        "pool": pool_name(pool) or (snap.stats.name if snap.stats is not None else None),
+        "pool_class": type(pool).__name__,
+        "breaker_state": state,
+        "stats": snap.as_dict(),
+        "checked_at": time.time(),
+    }

@@ -1,0 +1,310 @@
+"""Push pool metrics to StatsD: gauges and counters every ``gauge_interval``, from one daemon thread.
+
+Two ways to count, because they cost differently:
+
+* **stats mode** (default for SmartPool): counters are the deltas of
+  ``pool.stats().counters`` between pushes. Nothing runs on the checkout
+  path, so attaching metrics costs requests nothing.
+* **event mode** (default for every other pool, which has no ``stats()``):
+  SQLAlchemy pool events (``checkout``, ``checkin``, ``connect``, ...) bump
+  in-process tallies, flushed with the gauges. A ``checkout`` listener makes
+  SQLAlchemy take its slower checkout path on *every* checkout (see
+  docs/metrics.md for the measured cost), so SmartPool only uses it when asked
+  (``events=True``).
+
+Metric names are the pool's ``stats`` keys (one vocabulary for ``stats()``,
+StatsD and Prometheus) under ``<prefix>[.<pool name>]``. Nothing is derived
+from the URL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.pool import Pool
+
+from .. import stats as S
+from . import BREAKER_STATE_VALUES, has_stats, missing_extra, pool_name, read_pool, resolve_pool, sanitize
+
+__all__ = [
+    "ACQUIRE_WAIT_MAX",
+    "ACQUIRE_WAIT_P50",
+    "ACQUIRE_WAIT_P95",
+    "ACQUIRE_WAIT_P99",
+    "BREAKER_STATE",
+    "CHECKINS",
+    "CONNECTIONS_DETACHED",
+    "CONNECTIONS_DETACHED_CLOSED",
+    "CONNECTIONS_SOFT_INVALIDATED",
+    "EVENT_COUNTERS",
+    "StatsdMetrics",
+]
+
+logger = logging.getLogger("sqlalchemy_smartpool.metrics")
+
+# Gauges: the stats keys of sqlalchemy_smartpool.metrics.GAUGES, plus:
+#: circuit breaker, 0 closed / 1 half_open / 2 open
+BREAKER_STATE = "breaker_state"
+
+# Timings (ms): acquire-wait percentiles over the pool's recent checkouts, sent
+# once per push while checkouts happen (SmartPool only).
+ACQUIRE_WAIT_P50 = "acquire_wait_p50"
+ACQUIRE_WAIT_P95 = "acquire_wait_p95"
+ACQUIRE_WAIT_P99 = "acquire_wait_p99"
+ACQUIRE_WAIT_MAX = "acquire_wait_max"
+_WAIT_TIMINGS = (ACQUIRE_WAIT_P50, ACQUIRE_WAIT_P95, ACQUIRE_WAIT_P99, ACQUIRE_WAIT_MAX)
+
+# Counters: every key of sqlalchemy_smartpool.stats.COUNTERS (stats mode), and
+# from pool events (event mode) the ones below plus the four shared with stats.
+CHECKINS = "checkins"
+CONNECTIONS_SOFT_INVALIDATED = "connections_soft_invalidated"
+CONNECTIONS_DETACHED = "connections_detached"
+CONNECTIONS_DETACHED_CLOSED = "connections_detached_closed"
+
+#: SQLAlchemy pool event -> counter it bumps in event mode
+EVENT_COUNTERS: dict[str, str] = {
+    "connect": S.CONNECTIONS_CREATED,
+    "checkout": S.CHECKOUTS,
+    "checkin": CHECKINS,
+    "invalidate": S.CONNECTIONS_INVALIDATED,
+    "soft_invalidate": CONNECTIONS_SOFT_INVALIDATED,
+    "close": S.CONNECTIONS_CLOSED,
+    "detach": CONNECTIONS_DETACHED,
+    "close_detached": CONNECTIONS_DETACHED_CLOSED,
+}
+
+_UNSAFE_PREFIX = re.compile(r"[^A-Za-z0-9_.]")
+
+
+class _Tally:
+    """An event counter with no lock on the bump.
+
+    ``next()`` on an ``itertools.count`` is one C call, atomic under the GIL,
+    so listeners on many threads never lose a count; ``take`` (serialized by
+    the caller) reads by drawing one number too, and subtracts its own draws.
+    """
+
+    __slots__ = ("_it", "_seen", "bump")
+
+    def __init__(self) -> None:
+        self._it = itertools.count()
+        self.bump: Callable[[], int] = self._it.__next__
+        self._seen = -1
+
+    def take(self) -> int:
+        """Events since the previous ``take``."""
+        drawn = next(self._it)
+        n = drawn - self._seen - 1
+        self._seen = drawn
+        return n
+
+
+def _listener(bump: Callable[[], int]) -> Callable[..., None]:
+    def on_event(*_args: Any) -> None:
+        bump()
+
+    return on_event
+
+
+class StatsdMetrics:
+    """Send one pool's gauges, counters and wait percentiles to StatsD.
+
+    ``pool_or_engine``: a pool, or an engine (its current pool is read at
+    every push, so ``engine.dispose()`` is followed). ``client``: any object
+    with the ``statsd`` client API (``gauge``/``incr``/``timing``, optionally
+    ``pipeline``); by default a ``statsd.StatsClient(host, port)`` owned and
+    closed here. ``prefix`` and the pool's name (``name=``, else the pool's
+    ``PoolConfig.name``) prefix every metric, sanitized to ``[A-Za-z0-9_]``.
+    ``events``: count through SQLAlchemy pool events (see the module doc);
+    ``None`` picks stats mode for pools with ``stats()``, event mode otherwise.
+
+    The push thread keeps this object alive, so ``StatsdMetrics(engine)`` alone
+    works; :meth:`close` (or the ``with`` block) stops it, removes the event
+    listeners and sends the last counts.
+    """
+
+    def __init__(
+        self,
+        pool_or_engine: Any,
+        client: Any = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8125,
+        prefix: str | None = "smartpool",
+        gauge_interval: float = 1.0,
+        events: bool | None = None,
+        name: str | None = None,
+    ) -> None:
+        if isinstance(gauge_interval, bool) or not isinstance(gauge_interval, (int, float)):
+            raise TypeError("gauge_interval must be a number of seconds")
+        if not math.isfinite(gauge_interval) or gauge_interval <= 0:
+            raise ValueError(f"gauge_interval must be > 0 seconds, got {gauge_interval!r}")
+        pool = resolve_pool(pool_or_engine)
+        self._target = pool_or_engine
+        self._follow = not isinstance(pool_or_engine, Pool)
+        self._listened_pool = pool
+        self.events: bool = (not has_stats(pool)) if events is None else bool(events)
+        self.gauge_interval = float(gauge_interval)
+        self.prefix = _build_prefix(prefix, pool_name(pool, name))
+        self._owns_client = client is None
+        self._client = _default_client(host, port) if client is None else client
+        self._lock = threading.Lock()
+        self._closed = False
+        self._done = False
+        # baseline: counts before attaching are history, not traffic of this interval
+        self._last_pool: Pool | None = pool
+        first = read_pool(pool)
+        self._last_counters: dict[str, int] = dict(first.counters or {})
+        self._tallies: dict[str, _Tally] = {}
+        self._listeners: list[tuple[str, Callable[..., None]]] = []
+        if self.events:
+            self._listen(pool)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"smartpool-statsd-{self.prefix}", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ public
+
+    def flush(self) -> None:
+        """Push gauges and the counts since the last push now (the thread does it every interval)."""
+        with self._lock:
+            if self._done:
+                return
+            self._push()
+
+    def close(self) -> None:
+        """Stop the thread, remove the event listeners, send the last counts; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(5.0, 2 * self.gauge_interval))
+        self._unlisten()
+        with self._lock:
+            try:
+                self._push()
+            finally:
+                self._done = True
+                if self._owns_client:
+                    self._client.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> StatsdMetrics:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "events" if self.events else "stats"
+        return f"<StatsdMetrics {self.prefix} mode={mode} every {self.gauge_interval:g}s>"
+
+    # --------------------------------------------------------------- internals
+
+    def _listen(self, pool: Pool) -> None:
+        for ev, key in EVENT_COUNTERS.items():
+            tally = self._tallies.setdefault(key, _Tally())
+            fn = _listener(tally.bump)
+            event.listen(pool, ev, fn)
+            self._listeners.append((ev, fn))
+
+    def _unlisten(self) -> None:
+        # Removing through the pool we listened on also removes the copies
+        # SQLAlchemy gave pools made by recreate() (engine.dispose()).
+        pool = self._listened_pool
+        for ev, fn in self._listeners:
+            if event.contains(pool, ev, fn):
+                event.remove(pool, ev, fn)
+        self._listeners.clear()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.gauge_interval):
+            try:
+                self.flush()
+            except Exception as err:  # a metrics hiccup must never kill the thread
+                # the type only: messages can carry driver details
+                logger.warning("statsd metrics %s: push failed (%s)", self.prefix, type(err).__name__)
+
+    def _push(self) -> None:
+        """One push; the caller holds ``self._lock``."""
+        pool = resolve_pool(self._target) if self._follow else self._listened_pool
+        snap = read_pool(pool)
+        if pool is not self._last_pool:
+            # a new pool (engine.dispose()) counts from zero
+            self._last_pool = pool
+            self._last_counters = {}
+        pipe = self._pipeline()
+        p = self.prefix
+        for key, value in snap.gauges.items():
+            pipe.gauge(f"{p}.{key}", max(0, value))
+        if snap.breaker_state is not None:
+            pipe.gauge(f"{p}.{BREAKER_STATE}", BREAKER_STATE_VALUES.get(snap.breaker_state, 2))
+        checkouts = 0
+        if snap.counters is not None:
+            last = self._last_counters
+            checkouts = _delta(snap.counters.get(S.CHECKOUTS, 0), last.get(S.CHECKOUTS, 0))
+            for key, value in snap.counters.items():
+                if key in self._tallies:
+                    continue  # counted from events instead
+                n = _delta(value, last.get(key, 0))
+                if n:
+                    pipe.incr(f"{p}.{key}", n)
+            self._last_counters = dict(snap.counters)
+        for key, tally in self._tallies.items():
+            n = tally.take()
+            if n:
+                pipe.incr(f"{p}.{key}", n)
+        if snap.waits is not None and checkouts:
+            for key, seconds in zip(_WAIT_TIMINGS, snap.waits, strict=True):
+                pipe.timing(f"{p}.{key}", seconds * 1000.0)
+        send = getattr(pipe, "send", None)
+        if callable(send):
+            send()
+
+    def _pipeline(self) -> Any:
+        make = getattr(self._client, "pipeline", None)
+        return make() if callable(make) else self._client
+
+
+def _delta(now: int, before: int) -> int:
+    """Counter increase; a smaller value means the counter restarted."""
+    return now - before if now >= before else now
+
+
+def _build_prefix(prefix: str | None, name: str | None) -> str:
+    parts = []
+    if prefix:
+        cleaned = _UNSAFE_PREFIX.sub("_", prefix).strip(".")
+        if cleaned:
+            parts.append(cleaned)
+    if name:
+        parts.append(sanitize(name))
+    if not parts:
+        raise ValueError("metrics need a prefix or a pool name")
+    return ".".join(parts)
+
+
+def _default_client(host: str, port: int) -> Any:
+    try:
+        import statsd
+    except ImportError as err:
+        raise missing_extra("StatsdMetrics", "statsd", "statsd") from err
+    return statsd.StatsClient(host, port)
