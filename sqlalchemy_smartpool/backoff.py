@@ -32,7 +32,10 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt; each call moves one step up."""
-        base = min(self.maximum, self.initial * self.multiplier**self.attempt)
+        try:
+            base = min(self.maximum, self.initial * self.multiplier**self.attempt)
+        except OverflowError:  # ~1000 steps into an outage: long past the cap
+            base = self.maximum if self.initial else 0.0
         self.attempt += 1
         if self.jitter:
             base *= 1.0 + self.jitter * (2.0 * self._rng.random() - 1.0)

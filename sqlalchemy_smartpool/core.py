@@ -196,6 +196,10 @@ class PoolCore(Generic[C]):
             max_size=self.config.max_size,
             max_concurrent=self.config.max_concurrent_connects,
         )
+        if want and self.breaker.is_open and self.pending:
+            # a probe must be the only connect in flight, or another's failure
+            # would be taken for the probe's
+            return 0
         if want and not self.breaker.allow_connect():
             return 0
         if want and self.breaker.state is BreakerState.HALF_OPEN:
@@ -206,12 +210,18 @@ class PoolCore(Generic[C]):
     # -- results of background work ---------------------------------------------------
 
     def connect_succeeded(self, conn: C, now: float) -> tuple[Slot[C], Waiter[C] | None]:
-        """A background connect finished: serve the longest waiter or park it idle."""
+        """A background connect finished: serve the longest waiter or park it idle.
+
+        After ``close()`` the slot is neither counted nor parked; the adapter
+        must close its connection (it checks ``closed`` under the same lock).
+        """
         self.pending -= 1
-        self.size += 1
         self.counters[S.CONNECTIONS_CREATED] += 1
         self.breaker.record_success()
         slot = self.new_slot(conn, now)
+        if self.closed:  # nothing will ever take it: the adapter sees ``closed`` and closes it
+            return slot, None
+        self.size += 1
         return slot, self._place(slot, now)
 
     def note_connect_failure(self, error: BaseException) -> bool:
@@ -345,7 +355,7 @@ class PoolCore(Generic[C]):
         """A keepalive ping ended. Returns (waiter to wake, whether to close it)."""
         self.maintaining -= 1
         self.counters[S.KEEPALIVES] += 1
-        if not ok:
+        if not ok or self.closed:
             self.size -= 1
             self.counters[S.CONNECTIONS_INVALIDATED] += 1
             return None, True

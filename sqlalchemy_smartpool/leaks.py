@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterable
 from typing import Any
 
+import sqlalchemy
+
 logger = logging.getLogger("sqlalchemy_smartpool.leaks")
 
-#: frames from these packages are skipped: the user wants *their* call site
-_SKIP = ("sqlalchemy/", "sqlalchemy_smartpool/", "sqlalchemy\\", "sqlalchemy_smartpool\\")
+#: frames from these packages' directories are skipped: the user wants *their* call site.
+#: Directory prefixes, not name fragments, so a user's own ``learn_sqlalchemy/`` stays in.
+_SKIP = tuple(
+    os.path.join(os.path.dirname(os.path.abspath(path)), "")
+    for path in (sqlalchemy.__file__, __file__)
+    if path
+)
 _MAX_FRAMES = 40
 
 
@@ -55,7 +63,7 @@ def capture() -> Lease:
     while f is not None and len(frames) < _MAX_FRAMES:
         code = f.f_code
         filename = code.co_filename
-        if not any(part in filename for part in _SKIP):
+        if not filename.startswith(_SKIP):
             frames.append((filename, f.f_lineno, code.co_name))
         f = f.f_back
     frames.reverse()

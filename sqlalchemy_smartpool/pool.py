@@ -603,6 +603,10 @@ class SmartPool(Pool):
             slot, waiter = self._core.connect_succeeded(record, now)
             record.__dict__[_SLOT] = slot
             connects = self._core.plan_connects(now)
+            closed = self._core.closed
+        if closed:
+            self._close_record(record)
+            return
         if waiter is not None:
             waiter.wake()
         if connects:
@@ -690,7 +694,9 @@ def _build_config(
         size = _sa_int("pool_size", sa_given.get("pool_size", 5))
         overflow = _sa_int("max_overflow", sa_given.get("max_overflow", 10))
         mapped["min_size"] = size
-        if size == 0 or overflow < 0:
+        if "max_overflow" not in sa_given and "max_size" in changes:
+            pass  # an explicit max_size beats QueuePool's default overflow
+        elif size == 0 or overflow < 0:
             # QueuePool's "no limit": SmartPool always has a ceiling; keep ours
             mapped["max_size"] = max(size, changes.get("max_size", config.max_size), 1)
         else:
