@@ -298,7 +298,7 @@ class PoolCore(Generic[C]):
 
     def mark_suspect(self, now: float) -> None:
         """A disconnect was seen: every connection older than now is validated before reuse."""
-        self.suspect_before = now
+        self.suspect_before = max(self.suspect_before, now)  # callers read the clock before the lock
 
     # -- housekeeping -----------------------------------------------------------------
 

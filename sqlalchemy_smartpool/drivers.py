@@ -27,12 +27,20 @@ CONNECT_TIMEOUT_ARGS: dict[str, tuple[str, Callable[[float], Any]]] = {
 }
 
 
+#: record.info key: the pool set PyMySQL's read_timeout for the handshake only
+_HANDSHAKE_READ_TIMEOUT = "smartpool_handshake_read_timeout"
+
+
 def install_connect_timeout(dialect: Any, seconds: float) -> bool:
     """Pass ``seconds`` as the driver's connect timeout unless the app set one.
 
     Returns False for drivers without one (sqlite: nothing to time out).
+    PyMySQL's ``connect_timeout`` covers the TCP connect only; a server that
+    accepts and never answers would hang the handshake, so its
+    ``read_timeout`` is set too and cleared by :func:`after_connect`.
     """
-    spec = CONNECT_TIMEOUT_ARGS.get(getattr(dialect, "driver", ""))
+    driver = getattr(dialect, "driver", "")
+    spec = CONNECT_TIMEOUT_ARGS.get(driver)
     if spec is None:
         return False
     name, convert = spec
@@ -40,9 +48,41 @@ def install_connect_timeout(dialect: Any, seconds: float) -> bool:
 
     def _set_timeout(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
         cparams.setdefault(name, value)
+        if driver == "pymysql" and "read_timeout" not in cparams and conn_rec is not None:
+            cparams["read_timeout"] = value
+            conn_rec.info[_HANDSHAKE_READ_TIMEOUT] = True
 
     event.listen(dialect, "do_connect", _set_timeout)
     return True
+
+
+def after_connect(record: Any) -> None:
+    """Undo what was only meant for the connect (PyMySQL's handshake read timeout)."""
+    if record.info.pop(_HANDSHAKE_READ_TIMEOUT, False):
+        conn = record.dbapi_connection
+        if conn is not None and hasattr(conn, "_read_timeout"):
+            conn._read_timeout = None  # re-applied by PyMySQL before every read
+
+
+#: PostgreSQL connect errors that retrying cannot fix (psycopg gives no SQLSTATE at connect)
+_PERMANENT_PG = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "is not permitted to log in",
+    "unable to open database file",  # sqlite: a missing directory does not appear by itself
+)
+#: MySQL/MariaDB: access denied (1044, 1045, 1698), unknown database (1049)
+_PERMANENT_MYSQL = (1044, 1045, 1049, 1698)
+
+
+def is_permanent_connect_error(err: BaseException) -> bool:
+    """Would a retry of this connect fail the same way (bad credentials, unknown database)?"""
+    args = getattr(err, "args", ())
+    if args and isinstance(args[0], int) and args[0] in _PERMANENT_MYSQL:
+        return True
+    text = str(err)
+    return any(marker in text for marker in _PERMANENT_PG)
 
 
 def install_statement_hook(dialect: Any, note: Callable[[Any, str], None]) -> None:

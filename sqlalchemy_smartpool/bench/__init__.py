@@ -39,14 +39,20 @@ def load(name: str) -> Scenario:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="smartpool bench",
-        description="Benchmark SmartPool against QueuePool and psycopg_pool (medians; ratios are SmartPool/anchor).",
+        description="Benchmark SmartPool against QueuePool and psycopg_pool "
+        "(medians; ratios are SmartPool / anchor).",
     )
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
-    p.add_argument("--url", default=DEFAULT_URL, help="PostgreSQL URL (psycopg2 driver; psycopg 3 is derived)")
+    p.add_argument(
+        "--url", default=DEFAULT_URL, help="PostgreSQL URL (psycopg2 driver; psycopg 3 is derived)"
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable results only")
     p.add_argument("--repeat", type=int, default=1, metavar="N", help="run N trials, report medians")
     p.add_argument("--quick", action="store_true", help="short runs (smoke test; numbers are not meaningful)")
-    p.add_argument("--plots", type=Path, default=None, metavar="DIR", help="write PNG plots (matplotlib) here")
+    p.add_argument(
+        "--plots", type=Path, default=None, metavar="DIR", help="write PNG plots (matplotlib) here"
+    )
+    p.add_argument("--save", type=Path, default=None, metavar="FILE", help="also write the JSON results here")
     p.add_argument("--check", action="store_true", help="exit 1 if a goal was missed")
     return p
 
@@ -70,13 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     reports: list[Report] = []
     from .harness import render, run
 
+    failed: list[str] = []
     for scenario in scenarios:
-        report = run(scenario, opts)
+        try:
+            report = run(scenario, opts)
+        except Exception as err:  # one broken scenario must not lose the others' results
+            failed.append(scenario.name)
+            print(f"smartpool bench: {scenario.name} failed: {type(err).__name__}: {err}", file=sys.stderr)
+            continue
         reports.append(report)
         if not opts.as_json:
             print(render(report), flush=True)
     if opts.as_json:
         print(dumps(reports, machine))
-    progress("done")
+    if args.save is not None:
+        args.save.write_text(dumps(reports, machine) + "\n")
+    progress("done" if not failed else f"done; failed: {', '.join(failed)}")
     missed = [g for r in reports for g in r.verdict.goals if not g.met]
+    if failed:
+        return 2
     return 1 if args.check and missed else 0

@@ -264,6 +264,40 @@ def check_postgres(url: str) -> str | None:
     return None
 
 
+def wait_for_headroom(url: str, needed: int, timeout: float = 120.0) -> int:
+    """Block until the server can take ``needed`` more client connections (others share it).
+
+    Returns the free connection slots seen last; raises TimeoutError if they never sufficed.
+    """
+    import time
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args(url))
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with engine.connect() as conn:
+                free = int(
+                    conn.execute(
+                        text(
+                            "select current_setting('max_connections')::int"
+                            " - current_setting('superuser_reserved_connections')::int"
+                            " - (select count(*) from pg_stat_activity where backend_type = 'client backend')"
+                        )
+                    ).scalar_one()
+                )
+            if free >= needed:
+                return free
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"server has {free} free connection slots, need {needed}")
+            progress(f"waiting for the server: {free} free connection slots, need {needed}")
+            time.sleep(2.0)
+    finally:
+        engine.dispose()
+
+
 def _safe(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -357,8 +391,7 @@ def table(rows: Sequence[Row]) -> str:
     for row in cells:
         lines.append(
             "  ".join(
-                v.rjust(w) if num else v.ljust(w)
-                for v, w, num in zip(row, widths, numeric, strict=True)
+                v.rjust(w) if num else v.ljust(w) for v, w, num in zip(row, widths, numeric, strict=True)
             )
         )
     return "\n".join(lines)
@@ -368,11 +401,12 @@ def render(report: Report) -> str:
     out = [f"== {report.scenario}: {report.title} (median of {report.repeat} trial(s))", table(report.rows)]
     if report.verdict.ratios:
         out.append("ratios (SmartPool / anchor):")
-        out.extend(f"  {k:<58} {fmt(v)}" for k, v in report.verdict.ratios.items())
+        out.extend(f"  {k:<84} {fmt(v)}" for k, v in report.verdict.ratios.items())
     if report.verdict.goals:
         out.append("goals:")
         for g in report.verdict.goals:
-            out.append(f"  [{'MET' if g.met else 'MISSED'}] {g.name}: target {g.target}; measured {g.measured}")
+            mark = "MET" if g.met else "MISSED"
+            out.append(f"  [{mark}] {g.name}: target {g.target}; measured {g.measured}")
     for n in report.notes + report.verdict.notes:
         out.append(f"  note: {n}")
     for p in report.plots:

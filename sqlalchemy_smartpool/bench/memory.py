@@ -32,7 +32,7 @@ import os
 import tempfile
 import tracemalloc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .harness import Goal, Options, Row, Scenario, Trial, Verdict, find
 
@@ -114,7 +114,8 @@ def trial(opts: Options) -> Trial:
 
         def smart() -> Any:
             e = create_engine(url, poolclass=SmartPool, min_size=N, max_size=N, connect_args=args)
-            e.pool.wait(timeout=60)
+            pool = cast(SmartPool, e.pool)
+            pool.wait(timeout=60)
             _cycle(e)
             return e
 

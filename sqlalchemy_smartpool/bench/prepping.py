@@ -11,7 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .harness import Goal, Options, Row, Scenario, Trial, Verdict, find, median, progress, queue_engine, smart_engine
+from .harness import (
+    Goal,
+    Options,
+    Row,
+    Scenario,
+    Trial,
+    Verdict,
+    find,
+    median,
+    progress,
+    queue_engine,
+    smart_engine,
+)
 from .overhead import Loop, _timed
 
 SMART = "SmartPool (validation, 0.5 s bypass window)"
@@ -63,9 +75,7 @@ def trial(opts: Options) -> Trial:
                 "impl": n,
                 "us_per_checkout": median(xs),
                 "us_min": min(xs),
-                "x_queuepool_pre_ping": median(
-                    a / b for a, b in zip(xs, samples[QUEUE_PING], strict=True)
-                ),
+                "x_queuepool_pre_ping": median(a / b for a, b in zip(xs, samples[QUEUE_PING], strict=True)),
             }
             if n in validations0:
                 done = engines[n].pool.stats().validations - validations0[n]

@@ -12,6 +12,7 @@ that churn.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from .harness import (
     progress,
     queue_engine,
     smart_engine,
+    wait_for_headroom,
 )
 
 LEVELS = (1, 5, 15, 30, 15, 5, 1)
@@ -125,17 +127,12 @@ def _metrics(impl: str, s: dict[str, Any], step: float) -> Row:
     plateau = [n for ti, n in zip(t, sizes, strict=True) if p0 + step / 2 <= ti < p1]
     used = [u for ti, u in zip(t, in_use, strict=True) if p0 + step / 2 <= ti < p1]
     top = max(sizes[i] for i, ti in enumerate(t) if p0 <= ti < p1)
-    grow = next((ti - p0 for ti, n in zip(t, sizes, strict=True) if ti >= p0 and n >= 0.9 * top), float("nan"))
+    grow = next((ti - p0 for ti, n in zip(t, sizes, strict=True) if ti >= p0 and n >= 0.9 * top), math.nan)
     last = steps[-1]
-    back = next(
-        (
-            ti - last
-            for i, ti in enumerate(t)
-            if ti >= last and all(n <= MIN_SIZE for n in sizes[i:])
-        ),
-        float("nan"),
-    )
-    run_s = t[-1] if t else float("nan")
+    above = [i for i, n in enumerate(sizes) if n > MIN_SIZE]  # the pool stays at the floor after the last
+    settle = t[above[-1] + 1] if above and above[-1] + 1 < len(t) else math.nan
+    back = max(0.0, settle - last) if above else 0.0
+    run_s = t[-1] if t else math.nan
     return {
         "impl": impl,
         "peak_size": max(sizes),
@@ -155,6 +152,7 @@ def trial(opts: Options) -> Trial:
     rows: list[Row] = []
     series: dict[str, Any] = {}
 
+    wait_for_headroom(opts.url, MAX_SIZE + 5)  # the server is shared with other sessions
     smart = smart_engine(
         opts.url,
         min_size=MIN_SIZE,
@@ -176,6 +174,7 @@ def trial(opts: Options) -> Trial:
     finally:
         smart.dispose()
 
+    wait_for_headroom(opts.url, MAX_SIZE + 5)
     queue = queue_engine(opts.url, pool_size=MIN_SIZE, max_overflow=MAX_SIZE - MIN_SIZE)
     try:
         opened = count_connects(queue)
