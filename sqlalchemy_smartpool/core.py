@@ -20,6 +20,7 @@ Rules the core enforces:
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
 from collections import deque
@@ -123,6 +124,9 @@ class PoolCore(Generic[C]):
         self.closed = False
         #: slots validated before this instant are validated on their next checkout
         self.suspect_before = 0.0
+        #: the last failed connect attempt, for error messages and ``__cause__``
+        self.last_connect_error: BaseException | None = None
+        self.last_connect_error_at = float("-inf")
         self.counters: dict[str, int] = dict.fromkeys(S.COUNTERS, 0)
         #: kept out of ``counters`` because the adapters' hot paths bump it directly
         self.checkouts = 0
@@ -224,16 +228,32 @@ class PoolCore(Generic[C]):
         self.size += 1
         return slot, self._place(slot, now)
 
-    def note_connect_failure(self, error: BaseException) -> bool:
+    def note_connect_failure(self, error: BaseException, now: float) -> bool:
         """One connect attempt failed. Returns whether retrying is still worthwhile
         (False once the breaker has opened)."""
         self.counters[S.CONNECTIONS_FAILED] += 1
+        self.last_connect_error = error
+        self.last_connect_error_at = now
         self.breaker.record_failure(error)
         return not self.breaker.is_open
 
-    def connect_abandoned(self) -> list[Waiter[C]]:
-        """A background connect gave up: fail the waiters the breaker leaves hopeless."""
+    def connect_abandoned(
+        self, error: BaseException | None = None, *, permanent: bool = False
+    ) -> list[Waiter[C]]:
+        """A background connect gave up: fail the waiters it leaves hopeless.
+
+        ``permanent`` (bad credentials, unknown database, a bug in a connect
+        hook): no retry can help, so every waiter gets that error now -- as
+        with QueuePool, where the caller's own connect raises it. Otherwise
+        waiters are failed only once the breaker blocks all hope.
+        """
         self.pending -= 1
+        if permanent and error is not None and self.waiters:
+            failed = list(self.waiters)
+            self.waiters.clear()
+            for i, w in enumerate(failed):
+                w.error = error if i == 0 else _clone(error)
+            return failed
         if self._breaker_blocks() and not self.pending:
             failed = list(self.waiters)
             self.waiters.clear()
@@ -244,10 +264,16 @@ class PoolCore(Generic[C]):
             return failed
         return []
 
-    def connect_failed(self, error: BaseException, now: float) -> list[Waiter[C]]:
+    def connect_failed(self, error: BaseException, now: float, *, permanent: bool = False) -> list[Waiter[C]]:
         """A background connect failed once and gave up (no retries)."""
-        self.note_connect_failure(error)
-        return self.connect_abandoned()
+        self.note_connect_failure(error, now)
+        return self.connect_abandoned(error, permanent=permanent)
+
+    def connect_dropped(self) -> None:
+        """A connect finished for a generation of the pool that was disposed meanwhile:
+        it is not kept (the adapter closes it)."""
+        self.pending -= 1
+        self.counters[S.CONNECTIONS_CREATED] += 1
 
     # -- checkin ----------------------------------------------------------------------
 
@@ -441,14 +467,27 @@ class PoolCore(Generic[C]):
 
     def _circuit_error(self) -> CircuitOpenError:
         retry = self.breaker.retry_after()
-        return CircuitOpenError(
+        err = CircuitOpenError(
             f"pool {self.name}: circuit breaker open after "
             f"{self.breaker.consecutive_failures} failed connects "
             f"({self.breaker.last_error or 'unknown error'}); next probe in {retry:.2f}s; "
             f"{self.describe()}",
             retry,
+            orig=self.last_connect_error,
         )
+        err.__cause__ = self.last_connect_error
+        return err
 
     def _breaker_moved(self, old: BreakerState, new: BreakerState) -> None:
         if new is BreakerState.OPEN and old is BreakerState.CLOSED:
             self.counters[S.BREAKER_OPENED] += 1
+
+
+def _clone(error: BaseException) -> BaseException:
+    """A copy of ``error`` for another waiter (one exception object raised in several
+    threads would have its traceback rewritten by each); the original if it won't copy."""
+    try:
+        twin = copy.copy(error)
+    except Exception:
+        return error
+    return twin if type(twin) is type(error) else error

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -25,6 +26,19 @@ CONNECT_TIMEOUT_ARGS: dict[str, tuple[str, Callable[[float], Any]]] = {
     "mysqldb": ("connect_timeout", lambda s: max(1, math.ceil(s))),
     "pymysql": ("connect_timeout", float),
 }
+
+
+#: hooks already installed per dialect: recreate() (Engine.dispose) builds a new pool
+#: on the same dialect, and listeners must not pile up there
+_installed: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+
+
+def _first_time(dialect: Any, hook: str) -> bool:
+    done = _installed.setdefault(dialect, set())
+    if hook in done:
+        return False
+    done.add(hook)
+    return True
 
 
 #: record.info key: the pool set PyMySQL's read_timeout for the handshake only
@@ -43,6 +57,8 @@ def install_connect_timeout(dialect: Any, seconds: float) -> bool:
     spec = CONNECT_TIMEOUT_ARGS.get(driver)
     if spec is None:
         return False
+    if not _first_time(dialect, "connect_timeout"):
+        return True
     name, convert = spec
     value = convert(seconds)
 
@@ -56,12 +72,30 @@ def install_connect_timeout(dialect: Any, seconds: float) -> bool:
     return True
 
 
-def after_connect(record: Any) -> None:
-    """Undo what was only meant for the connect (PyMySQL's handshake read timeout)."""
-    if record.info.pop(_HANDSHAKE_READ_TIMEOUT, False):
-        conn = record.dbapi_connection
-        if conn is not None and hasattr(conn, "_read_timeout"):
-            conn._read_timeout = None  # re-applied by PyMySQL before every read
+def ping_opens_transaction(dialect: Any) -> bool:
+    """Does the dialect's ping (``SELECT 1``) leave a transaction open?
+
+    psycopg2 and psycopg begin one implicitly; the MySQL drivers ping with
+    their protocol's ping command and sqlite does not begin on a SELECT.
+    """
+    return getattr(dialect, "name", "") == "postgresql"
+
+
+def needs_after_connect(dialect: Any) -> bool:
+    return getattr(dialect, "driver", "") == "pymysql"
+
+
+def after_connect(dbapi_conn: Any, record: Any) -> None:
+    """Pool ``connect`` listener: undo what was only meant for the connect
+    (PyMySQL's handshake read timeout), whoever opened the connection --
+    the pool's connector or SQLAlchemy reconnecting in a request thread."""
+    if (
+        record is not None
+        and record.info.pop(_HANDSHAKE_READ_TIMEOUT, False)
+        and dbapi_conn is not None
+        and hasattr(dbapi_conn, "_read_timeout")
+    ):
+        dbapi_conn._read_timeout = None  # re-applied by PyMySQL before every read
 
 
 #: PostgreSQL connect errors that retrying cannot fix (psycopg gives no SQLSTATE at connect)
@@ -87,6 +121,8 @@ def is_permanent_connect_error(err: BaseException) -> bool:
 
 def install_statement_hook(dialect: Any, note: Callable[[Any, str], None]) -> None:
     """Call ``note(pool_record, statement)`` before each statement an engine runs."""
+    if not _first_time(dialect, "statements"):
+        return
 
     def _record(cursor: Any, statement: str, *rest: Any) -> None:
         context = rest[-1] if rest else None

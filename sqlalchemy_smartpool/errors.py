@@ -72,8 +72,10 @@ class CircuitOpenError(sa_exc.OperationalError):
     ``retry_after`` tells how many seconds remain until the next probe.
     """
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(None, None, DatabaseUnavailable(message))
+    def __init__(self, message: str, retry_after: float, orig: BaseException | None = None) -> None:
+        # ``orig`` is the last connect error (the driver's), as SQLAlchemy's
+        # DBAPIError carries it; DatabaseUnavailable when there was none
+        super().__init__(None, None, orig if orig is not None else DatabaseUnavailable(message))
         self.message = message
         self.retry_after = retry_after
 

@@ -9,13 +9,15 @@ connecting, closing and timed work live in the pieces named after them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import event
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnDialect, _ConnectionRecord
 
@@ -174,6 +176,14 @@ class SmartPool(Pool):
             drivers.install_connect_timeout(self._dialect, self._config.connect_timeout)
         if real_dialect and self._leak_threshold is not None:
             drivers.install_statement_hook(self._dialect, _note_statement)
+        # recreate() copies the old pool's listeners (``_dispatch``): add it once
+        if drivers.needs_after_connect(self._dialect) and not event.contains(
+            self, "connect", drivers.after_connect
+        ):
+            event.listen(self, "connect", drivers.after_connect)
+        #: bumped by dispose(): connects started before it are not kept
+        self._generation = 0
+        self._ping_opens_transaction = drivers.ping_opens_transaction(self._dialect)
         self._tick_timer: Any = None
         self._leak_reports = leaks.LeakReporter(self._pool_name)
 
@@ -274,6 +284,8 @@ class SmartPool(Pool):
         (checked-out connections come back normally, the next checkout restarts it)."""
         self._stop_housekeeper()
         with self._lock:
+            self._generation += 1
+            self._hk = None  # the next checkout starts background work again
             idle = self._core.drain_idle()
             self._core.breaker.reset()
             restart = bool(self._core.waiters)
@@ -323,6 +335,8 @@ class SmartPool(Pool):
             slot = self._validated(slot, t0)
         if self._leak_threshold is not None:
             slot.lease = leaks.capture()
+        if self._hk is None:  # served from connections returned after dispose()
+            self._ensure_started()
         waits = self._waits
         if waits is not None:
             waits.record(clock() - t0)
@@ -430,14 +444,17 @@ class SmartPool(Pool):
             self._spawn_connects(connects)
         if not waiter.wait(t0 + timeout - self._clock()):
             with self._lock:
-                gave_up = self._core.remove_waiter(waiter)
+                core = self._core
+                gave_up = core.remove_waiter(waiter)
                 if gave_up:
-                    self._core.note_timeout()
-                    state = self._core.describe()
+                    core.note_timeout()
+                    state = core.describe()
+                    cause = core.last_connect_error if core.last_connect_error_at >= t0 else None
             if gave_up:
+                why = f"; last connect error: {describe_error(cause)}" if cause is not None else ""
                 raise PoolTimeout(
-                    f"pool {self._pool_name}: no connection available within {timeout:g}s; {state}"
-                )
+                    f"pool {self._pool_name}: no connection available within {timeout:g}s; {state}{why}"
+                ) from cause
         if waiter.error is not None:
             raise waiter.error
         assert waiter.slot is not None
@@ -446,7 +463,18 @@ class SmartPool(Pool):
     def _validated(self, slot: Slot[_ConnectionRecord], t0: float) -> Slot[_ConnectionRecord]:
         """Ping until a connection answers; dead ones are dropped and replaced in the background."""
         while True:
-            ok = self._ping(slot)
+            try:
+                ok = self._ping(slot, fatal_raises=True)
+            except BaseException as err:
+                # as SQLAlchemy's pre-ping: an error that is not a disconnect reaches the caller
+                with self._lock:
+                    self._core.checkouts -= 1
+                    self._core.discard(slot)
+                    connects = self._core.plan_connects(self._clock())
+                slot.conn.invalidate(err)
+                if connects:
+                    self._spawn_connects(connects)
+                raise
             now = self._clock()
             with self._lock:
                 core = self._core
@@ -474,32 +502,57 @@ class SmartPool(Pool):
             if not self._core.validation_due(slot, now):
                 return slot
 
-    def _ping(self, slot: Slot[_ConnectionRecord]) -> bool:
-        """Validate one connection, bounded by ``validation_timeout`` via the housekeeper."""
+    def _ping(self, slot: Slot[_ConnectionRecord], *, fatal_raises: bool = False) -> bool:
+        """Validate one connection, bounded by ``validation_timeout`` via the housekeeper.
+
+        False for a dead connection. Any other error is raised when
+        ``fatal_raises`` (a checkout, as SQLAlchemy's pre-ping does) and counts
+        as dead otherwise (a background keepalive has nobody to tell). A ping
+        that opened a transaction (``SELECT 1`` on psycopg) is rolled back, so
+        no pooled connection sits "idle in transaction".
+        """
         dbapi_conn = slot.conn.dbapi_connection
         if dbapi_conn is None:
             return False
         watchdog = None
         fd = drivers.socket_fd(dbapi_conn)
-        if fd is not None and self._hk is not None:
-            watchdog = self._hk.call_later(self._config.validation_timeout, lambda: drivers.abort_socket(fd))
+        hk = self._hk
+        if fd is not None and hk is not None:
+            watchdog = hk.call_later(self._config.validation_timeout, lambda: drivers.abort_socket(fd))
         try:
             query = self._config.validation_query
             if query is None:
-                return bool(self._dialect._do_ping_w_event(dbapi_conn))
-            cursor = dbapi_conn.cursor()
-            try:
-                cursor.execute(query)
-                cursor.fetchall()
-            finally:
-                cursor.close()
+                # the dialect's ping answers False for a disconnect and raises anything else
+                if not self._dialect._do_ping_w_event(dbapi_conn):
+                    return False
+            else:
+                cursor = dbapi_conn.cursor()
+                try:
+                    cursor.execute(query)
+                    cursor.fetchall()
+                finally:
+                    cursor.close()
+            if query is not None or self._ping_opens_transaction:
+                dbapi_conn.rollback()
             return True
         except Exception as err:
+            if fatal_raises and not self._is_disconnect(err, dbapi_conn):
+                raise
             logger.info("pool %s: validation failed: %s", self._pool_name, describe_error(err))
             return False
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+
+    def _is_disconnect(self, err: BaseException, dbapi_conn: Any) -> bool:
+        dbapi = getattr(self._dialect, "loaded_dbapi", None)
+        error_cls = getattr(dbapi, "Error", None)
+        if error_cls is None or not isinstance(err, error_cls):
+            return self._config.validation_query is not None and isinstance(err, OSError)
+        try:
+            return bool(cast(Any, self._dialect).is_disconnect(err, dbapi_conn, None))
+        except Exception:
+            return False
 
     # ------------------------------------------------------- background work
 
@@ -531,14 +584,18 @@ class SmartPool(Pool):
 
     def _spawn_connects(self, n: int) -> None:
         hk = self._hk
-        ref = weakref.ref(self)
+        job = functools.partial(_connect, weakref.ref(self), self._generation)
+        bounced = 0
         for _ in range(n):
-            if hk is None or not hk.alive:
-                # no background threads (disposed): give the reservations back
-                with self._lock:
-                    self._core.pending -= 1
-                continue
-            hk.submit(lambda: _connect(ref))
+            # no background threads, or stopped in between (dispose): give the reservation back
+            if hk is None or not hk.alive or not hk.submit(job):
+                bounced += 1
+        if bounced:
+            with self._lock:
+                self._core.pending -= bounced
+                waiting = bool(self._core.waiters)
+            if waiting:  # someone needs a connection: start over (never for an idle, abandoned pool)
+                self._ensure_started()
 
     def _housekeep(self) -> None:
         now = self._clock()
@@ -568,7 +625,7 @@ class SmartPool(Pool):
         if connects:
             self._spawn_connects(connects)
 
-    def _open_one(self) -> None:
+    def _open_one(self, generation: int) -> None:
         """Body of a background connect: open, then serve the longest waiter or park idle.
 
         Every failed attempt feeds the breaker at once (so it can open during
@@ -592,7 +649,7 @@ class SmartPool(Pool):
             )
         except Exception as err:
             with self._lock:
-                failed = self._core.connect_abandoned()
+                failed = self._core.connect_abandoned(err, permanent=not self._is_transient(err))
                 breaker = self._core.breaker
                 probe_at = breaker.next_probe_at if breaker.is_open else None
             # while the breaker is open its own log lines tell the story; keep probes quiet
@@ -609,14 +666,21 @@ class SmartPool(Pool):
                 ref = weakref.ref(self)
                 hk.call_at(probe_at, lambda: _kick(ref))
             return
-        drivers.after_connect(record)
         now = self._clock()
         with self._lock:
-            slot, waiter = self._core.connect_succeeded(record, now)
-            record.__dict__[_SLOT] = slot
-            connects = self._core.plan_connects(now)
-            closed = self._core.closed
+            if generation != self._generation:  # dispose() ran meanwhile
+                self._core.connect_dropped()
+                connects = self._core.plan_connects(now)
+                closed = True
+                waiter = None
+            else:
+                slot, waiter = self._core.connect_succeeded(record, now)
+                record.__dict__[_SLOT] = slot
+                connects = self._core.plan_connects(now)
+                closed = self._core.closed
         if closed:
+            if connects:
+                self._spawn_connects(connects)
             self._close_record(record)
             return
         if waiter is not None:
@@ -626,7 +690,7 @@ class SmartPool(Pool):
 
     def _note_connect_failure(self, err: BaseException) -> bool:
         with self._lock:
-            return self._core.note_connect_failure(err)
+            return self._core.note_connect_failure(err, self._clock())
 
     def _is_transient(self, err: BaseException) -> bool:
         dbapi = getattr(self._dialect, "loaded_dbapi", None)
@@ -645,10 +709,8 @@ class SmartPool(Pool):
 
     def _submit(self, job: Callable[[], None]) -> None:
         hk = self._hk
-        if hk is None or not hk.alive:
+        if hk is None or not hk.alive or not hk.submit(job):
             job()
-        else:
-            hk.submit(job)
 
     def _close_soon(self, record: _ConnectionRecord) -> None:
         """Close off the request thread when background workers run."""
@@ -688,10 +750,10 @@ def _kick(ref: weakref.ref[SmartPool]) -> None:
         pool._kick()
 
 
-def _connect(ref: weakref.ref[SmartPool]) -> None:
+def _connect(ref: weakref.ref[SmartPool], generation: int) -> None:
     pool = ref()
     if pool is not None:
-        pool._open_one()
+        pool._open_one(generation)
 
 
 def _build_config(

@@ -95,8 +95,11 @@ class Housekeeper:
                             _, _, timer = heapq.heappop(self._heap)
                             break
                         self._cond.wait(delay)
-                    else:
-                        self._cond.wait()
+                    elif not self._cond.wait(self._worker_idle_exit) and not self._heap:
+                        # nothing scheduled (the pool was dropped): let the thread go;
+                        # the next call_at() starts a new one
+                        self._timer_thread = None
+                        return
             if timer.cancelled:
                 continue
             try:
@@ -106,45 +109,49 @@ class Housekeeper:
 
     # -- blocking work ----------------------------------------------------------------
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on a worker thread; spawns one if none is idle and the cap allows."""
+    def submit(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` on a worker thread; False (and nothing runs) once stopped.
+
+        A worker is spawned when the queued jobs outnumber the idle workers
+        and the cap allows; otherwise the job waits for the next free one.
+        """
         with self._cond:
             if self._stopped:
-                return
-            spawn = self._idle_workers == 0 and self._workers < self._max_workers
+                return False
+            spawn = self._jobs.qsize() >= self._idle_workers and self._workers < self._max_workers
             if spawn:
                 self._workers += 1
-            elif self._idle_workers:
-                self._idle_workers -= 1
             # queued under the lock so an idle worker cannot decide to exit in between
             self._jobs.put(fn)
         if spawn:
             threading.Thread(
                 target=self._run_worker, name=f"smartpool-worker-{self.name}", daemon=True
             ).start()
+        return True
 
     def _run_worker(self) -> None:
+        cond = self._cond
         while True:
+            with cond:
+                self._idle_workers += 1
             try:
                 job = self._jobs.get(timeout=self._worker_idle_exit)
             except queue.Empty:
-                with self._cond:
+                with cond:
+                    self._idle_workers -= 1
                     if self._jobs.empty():
                         self._workers -= 1
-                        self._idle_workers = max(0, self._idle_workers - 1)
                         return
                 continue
-            if job is _STOP:
-                with self._cond:
+            with cond:
+                self._idle_workers -= 1
+                if job is _STOP:
                     self._workers -= 1
-                return
+                    return
             try:
                 job()  # type: ignore[operator]
             except Exception:
                 logger.exception("pool %s: background job failed", self.name)
-            finally:
-                with self._cond:
-                    self._idle_workers += 1
 
     # -- lifecycle --------------------------------------------------------------------
 

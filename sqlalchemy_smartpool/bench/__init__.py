@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .harness import DEFAULT_URL, Options, Report, Scenario, check_postgres, dumps, machine_info, progress
 
-#: scenario name -> module defining ``SCENARIO``; "all" runs them in this order
+#: scenario name -> module defining ``SCENARIO``
 SCENARIOS: dict[str, str] = {
     "overhead": "overhead",
     "prepping": "prepping",
@@ -24,9 +24,13 @@ SCENARIOS: dict[str, str] = {
     "spike": "spike",
     "ramp": "ramp",
     "memory": "memory",
+    "outage": "outage",
+    "soak": "soak",
 }
+#: what ``all`` runs, in this order (outage and soak are long; run them by name)
+ALL: tuple[str, ...] = ("overhead", "prepping", "fairness", "spike", "ramp", "memory")
 
-__all__ = ["SCENARIOS", "load", "main"]
+__all__ = ["ALL", "SCENARIOS", "load", "main"]
 
 
 def load(name: str) -> Scenario:
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print("smartpool bench: --repeat must be >= 1", file=sys.stderr)
         return 2
     opts = Options(url=args.url, repeat=args.repeat, quick=args.quick, plots=args.plots, as_json=args.json)
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    names = list(ALL) if args.scenario == "all" else [args.scenario]
     scenarios = [load(n) for n in names]
     if any(s.needs_postgres for s in scenarios):
         problem = check_postgres(opts.url)

@@ -30,11 +30,13 @@ from .harness import (
     Verdict,
     find,
     jain_index,
+    median,
     percentile,
     progress,
     psycopg_pool,
     queue_engine,
     smart_engine,
+    wait_for_headroom,
     with_driver,
 )
 
@@ -47,6 +49,8 @@ PSYCOPG = "psycopg_pool[psycopg]"
 SMART3 = "SmartPool[psycopg]"
 QUEUE3 = "QueuePool[psycopg] (reference)"
 JAIN_GOAL = 0.99
+SEGMENTS = 5
+SEGMENT = 1.0
 
 _trials = itertools.count()
 
@@ -129,74 +133,77 @@ def _drive(request: Request, duration: float) -> dict[str, Any]:
     return {"counts": counts, "waits": sorted(w for ws in waits for w in ws), "elapsed": elapsed, "cpu": cpu}
 
 
-def _row(impl: str, run: dict[str, Any]) -> Row:
-    counts: list[int] = run["counts"]
-    waits: list[float] = run["waits"]
-    mean = sum(counts) / len(counts)
+def _row(impl: str, runs: list[dict[str, Any]]) -> Row:
+    """Fairness per segment (median; starved: worst); waits and throughput over all segments."""
+    waits = sorted(w for r in runs for w in r["waits"])
+    total = sum(sum(r["counts"]) for r in runs)
+    elapsed = sum(r["elapsed"] for r in runs)
     return {
         "impl": impl,
-        "jain": jain_index(counts),
-        "req_per_s": sum(counts) / run["elapsed"],
-        "cpu_us_per_req": run["cpu"] / sum(counts) * 1e6,
+        "jain": median(jain_index(r["counts"]) for r in runs),
+        "req_per_s": total / elapsed,
+        "cpu_us_per_req": sum(r["cpu"] for r in runs) / total * 1e6,
         "wait_p50_ms": percentile(waits, 50) * 1e3,
         "wait_p99_ms": percentile(waits, 99) * 1e3,
         "wait_p999_ms": percentile(waits, 99.9) * 1e3,
         "wait_max_ms": waits[-1] * 1e3,
-        "min_per_thread": min(counts),
-        "max_per_thread": max(counts),
-        "starved": sum(1 for c in counts if c < 0.5 * mean),
+        "min_per_thread": median(min(r["counts"]) for r in runs),
+        "max_per_thread": median(max(r["counts"]) for r in runs),
+        "starved": max(sum(1 for c in r["counts"] if c < 0.5 * sum(r["counts"]) / THREADS) for r in runs),
     }
 
 
 def trial(opts: Options) -> Trial:
-    duration = 1.0 if opts.quick else 5.0
+    segments, seconds = (1, 1.0) if opts.quick else (SEGMENTS, SEGMENT)
     url3 = with_driver(opts.url, "psycopg")
-    # one implementation at a time: never more than 10 of our backends open at once
-    makers: list[tuple[str, Callable[[], tuple[Request, Callable[[], None]]]]] = []
+    opened: list[tuple[str, Request, Callable[[], None]]] = []
 
-    def sa(engine_factory: Callable[[], Any]) -> Callable[[], tuple[Request, Callable[[], None]]]:
-        def make() -> tuple[Request, Callable[[], None]]:
-            engine = engine_factory()
-            if hasattr(engine.pool, "wait"):
-                engine.pool.wait()
-            else:  # open QueuePool's 10 connections up front too
-                held = [engine.pool.connect() for _ in range(CONNECTIONS)]
-                for c in held:
-                    c.close()
-            return _sa_request(engine), engine.dispose
+    def sa(impl: str, engine: Any) -> None:
+        if hasattr(engine.pool, "wait"):
+            engine.pool.wait()
+        else:  # open QueuePool's 10 connections up front too
+            held = [engine.pool.connect() for _ in range(CONNECTIONS)]
+            for c in held:
+                c.close()
+        opened.append((impl, _sa_request(engine), engine.dispose))
 
-        return make
-
-    def pg() -> tuple[Request, Callable[[], None]]:
-        pool = psycopg_pool(url3, min_size=CONNECTIONS, max_size=CONNECTIONS)
-        return _pg_request(pool), pool.close
-
-    makers.append((QUEUE, sa(lambda: queue_engine(opts.url, pool_size=CONNECTIONS, max_overflow=0))))
-    makers.append((SMART2, sa(lambda: smart_engine(opts.url, min_size=CONNECTIONS, max_size=CONNECTIONS))))
-    makers.append((PSYCOPG, pg))
-    makers.append((SMART3, sa(lambda: smart_engine(url3, min_size=CONNECTIONS, max_size=CONNECTIONS))))
-    # not an anchor: separates what the psycopg 3 driver + SQLAlchemy dialect cost from the pool
-    makers.append((QUEUE3, sa(lambda: queue_engine(url3, pool_size=CONNECTIONS, max_overflow=0))))
-    # rotate the order from trial to trial so slow drift of a shared machine spreads evenly
-    k = next(_trials) % len(makers)
-    series: dict[str, Any] = {}
-    for impl, make in makers[k:] + makers[:k]:
-        request, close = make()
-        try:
-            progress(f"fairness: {impl} for {duration:g}s")
-            run = _drive(request, duration)
-        finally:
+    # all pools stay open for the trial (5 x 10 backends), so the segments can interleave
+    wait_for_headroom(opts.url, 5 * CONNECTIONS + 5)
+    try:
+        sa(QUEUE, queue_engine(opts.url, pool_size=CONNECTIONS, max_overflow=0))
+        sa(SMART2, smart_engine(opts.url, min_size=CONNECTIONS, max_size=CONNECTIONS))
+        pg = psycopg_pool(url3, min_size=CONNECTIONS, max_size=CONNECTIONS)
+        opened.append((PSYCOPG, _pg_request(pg), pg.close))
+        sa(SMART3, smart_engine(url3, min_size=CONNECTIONS, max_size=CONNECTIONS))
+        # not an anchor: separates what the psycopg 3 driver + SQLAlchemy dialect cost from the pool
+        sa(QUEUE3, queue_engine(url3, pool_size=CONNECTIONS, max_overflow=0))
+        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl, _, _ in opened}
+        for seg in range(segments):
+            # rotate the order every segment so drift of a shared machine spreads evenly
+            k = (seg + next(_trials)) % len(opened)
+            for impl, request, _ in opened[k:] + opened[:k]:
+                progress(f"fairness: {impl}, segment {seg + 1}/{segments} ({seconds:g}s)")
+                runs[impl].append(_drive(request, seconds))
+    finally:
+        for _, _, close in opened:
             close()
-        series[impl] = run
-    series = {impl: series[impl] for impl, _ in makers}
-    rows = [_row(impl, run) for impl, run in series.items()]
+    rows = [_row(impl, rs) for impl, rs in runs.items()]
     notes = [
-        f"{THREADS} threads, {CONNECTIONS} connections, {duration:g} s per implementation, "
-        f"request = checkout, `{SQL}`, COMMIT, return",
-        "cpu_us_per_req = CPU time of the whole process (all threads) per completed request; "
-        "starved = threads with < 50% of the mean completions; implementations run one after "
-        "another (order rotated per trial), never two pools open at once",
+        f"{THREADS} threads, {CONNECTIONS} connections, {segments} x {seconds:g} s per implementation "
+        f"(segments interleaved across implementations, order rotated), request = checkout, `{SQL}`, "
+        "COMMIT, return",
+        "jain, min/max_per_thread: per segment (fresh threads each segment), median over segments; "
+        "starved = most threads with < 50% of the segment's mean completions; waits and req/s over all "
+        "segments; cpu_us_per_req = CPU time of the whole process per completed request",
     ]
+    series = {
+        impl: {
+            "counts": rs[-1]["counts"],
+            "waits": sorted(w for r in rs for w in r["waits"]),
+            "seconds": seconds,
+        }
+        for impl, rs in runs.items()
+    }
     return Trial(rows, series=series, notes=notes)
 
 

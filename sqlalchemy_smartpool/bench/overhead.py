@@ -45,7 +45,6 @@ Loop = Callable[[int], float]
 
 def _timed(body: Callable[[], None]) -> Loop:
     def loop(n: int) -> float:
-        gc.collect()
         gc.disable()  # as timeit does: a collection landing in one block is noise
         try:
             t0 = time.perf_counter()
@@ -86,8 +85,8 @@ def _pg_loops(pool: Any) -> dict[str, Loop]:
 
 
 def trial(opts: Options) -> Trial:
-    iters = 500 if opts.quick else 4000
-    rounds = 3 if opts.quick else 15
+    iters = 500 if opts.quick else 1000
+    rounds = 3 if opts.quick else 60
     smart = smart_engine(opts.url)
     smart_nostats = smart_engine(opts.url, track_wait_times=False)
     queue = queue_engine(opts.url)
@@ -110,9 +109,11 @@ def trial(opts: Options) -> Trial:
         samples: dict[tuple[str, str], list[float]] = {c: [] for c in cells}
         for r in range(rounds):
             k = r % len(cells)
+            gc.collect()
             for impl, op in cells[k:] + cells[:k]:
                 samples[(impl, op)].append(impls[impl][op](iters) / iters * 1e6)
-            progress(f"overhead: round {r + 1}/{rounds}")
+            if (r + 1) % 10 == 0:
+                progress(f"overhead: round {r + 1}/{rounds}")
         rows: list[Row] = []
         for impl, op in cells:
             xs = samples[(impl, op)]

@@ -16,7 +16,7 @@ def _pyplot() -> Any:
 
 
 def fairness_plot(series: dict[str, Any], path: Path) -> Path:
-    """Left: completions per thread (sorted); right: CDF of the wait for a connection."""
+    """Left: completions per thread in one segment (sorted); right: CDF of all waits for a connection."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for impl, run in series.items():
@@ -29,7 +29,8 @@ def fairness_plot(series: dict[str, Any], path: Path) -> Path:
     left.set_xlabel("thread (sorted by completions)")
     left.set_ylabel("requests completed")
     left.set_ylim(bottom=0)
-    left.set_title("Per-thread completions (flat = fair)")
+    seconds = next(iter(series.values())).get("seconds", 0)
+    left.set_title(f"Completions per thread in one {seconds:g} s segment (flat = fair)")
     left.legend(fontsize=8)
     right.set_xscale("log")
     right.set_xlabel("wait for a connection (ms, log)")

@@ -9,6 +9,7 @@ Timing is the same interleaved-rounds method as ``overhead``.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from .harness import (
@@ -64,6 +65,7 @@ def trial(opts: Options) -> Trial:
             loops[n](iters // 4)
         samples: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
+            gc.collect()
             k = r % len(names)
             for n in names[k:] + names[:k]:
                 samples[n].append(loops[n](iters) / iters * 1e6)

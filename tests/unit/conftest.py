@@ -1,0 +1,65 @@
+"""Shared fakes for the unit tests of the pure policy code (no threads, no I/O, no sleeping)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sqlalchemy_smartpool.config import PoolConfig
+from sqlalchemy_smartpool.core import PoolCore
+
+
+class FakeClock:
+    """A monotonic clock that only moves when a test says so; ``sleep`` advances it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        assert seconds >= 0, "a monotonic clock never goes back"
+        self.now += seconds
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+
+
+class Conn:
+    """Stands in for a DBAPI connection: the core never looks inside it."""
+
+    _n = 0
+
+    def __init__(self) -> None:
+        Conn._n += 1
+        self.n = Conn._n
+
+    def __repr__(self) -> str:
+        return f"<Conn {self.n}>"
+
+
+#: settings that make a core deterministic unless a test asks otherwise
+CORE_DEFAULTS: dict[str, Any] = {"min_size": 0, "max_size": 4, "lifetime_jitter": 0.0}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_core(clock: FakeClock) -> Callable[..., PoolCore[Conn]]:
+    """Build a PoolCore on the fake clock; keywords are PoolConfig fields (breaker ones as breaker_<x>)."""
+
+    def make(**settings: Any) -> PoolCore[Conn]:
+        config = PoolConfig(**CORE_DEFAULTS).replace(**settings)
+        return PoolCore(config, clock, name="unit", rng=random.Random(1234))
+
+    return make
