@@ -196,7 +196,7 @@ class SmartPool(Pool):
     def stats(self) -> S.PoolStats:
         """A consistent snapshot of gauges, counters and wait percentiles."""
         waits = self._waits if self._waits is not None else S.WaitSampler(1)
-        p50, p95, p99 = waits.percentiles(50, 95, 99)
+        p50, p95, p99 = waits.percentiles(50, 95, 99, checkouts=self._core.checkouts)
         with self._lock:
             core = self._core
             return S.PoolStats(
@@ -329,6 +329,9 @@ class SmartPool(Pool):
         else:
             self._release()
             slot = self._wait_for_slot(t0)
+            waits = self._waits
+            if waits is not None:  # immediate checkouts waited 0: counted, not timed
+                waits.record(clock() - t0, core.checkouts)
         if self._validate and (
             t0 - slot.last_used > self._validation_interval or slot.validated_at < core.suspect_before
         ):
@@ -337,9 +340,6 @@ class SmartPool(Pool):
             slot.lease = leaks.capture()
         if self._hk is None:  # served from connections returned after dispose()
             self._ensure_started()
-        waits = self._waits
-        if waits is not None:
-            waits.record(clock() - t0)
         return slot.conn
 
     def _do_return_conn(self, record: Any) -> None:

@@ -24,17 +24,22 @@ _STOP = object()
 
 
 class Timer:
-    """A scheduled call; ``cancel()`` is O(1) (the entry is skipped when due)."""
+    """A scheduled call; ``cancel()`` is O(1) (the entry is skipped when due, and
+    swept out of the heap once cancelled ones are the majority)."""
 
-    __slots__ = ("cancelled", "fn", "when")
+    __slots__ = ("cancelled", "fn", "owner", "when")
 
-    def __init__(self, when: float, fn: Callable[[], None]) -> None:
+    def __init__(self, when: float, fn: Callable[[], None], owner: Housekeeper | None = None) -> None:
         self.when = when
         self.fn = fn
         self.cancelled = False
+        self.owner = owner
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            if self.owner is not None:
+                self.owner._cancelled += 1  # approximate under races; only triggers a sweep
 
 
 class Housekeeper:
@@ -54,6 +59,7 @@ class Housekeeper:
         self._worker_idle_exit = worker_idle_exit
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, Timer]] = []
+        self._cancelled = 0
         self._seq = itertools.count()
         self._timer_thread: threading.Thread | None = None
         self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -65,12 +71,19 @@ class Housekeeper:
     # -- timed work -------------------------------------------------------------------
 
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
-        timer = Timer(when, fn)
+        timer = Timer(when, fn, self)
         with self._cond:
             if self._stopped:
                 timer.cancelled = True
                 return timer
-            heapq.heappush(self._heap, (when, next(self._seq), timer))
+            heap = self._heap
+            if self._cancelled > 64 and self._cancelled * 2 > len(heap):
+                # every validation arms a watchdog and nearly all are cancelled:
+                # without a sweep they would sit here until their deadline
+                heap[:] = [entry for entry in heap if not entry[2].cancelled]
+                heapq.heapify(heap)
+                self._cancelled = 0
+            heapq.heappush(heap, (when, next(self._seq), timer))
             if self._heap[0][2] is timer:
                 self._cond.notify()
             if self._timer_thread is None:

@@ -64,28 +64,37 @@ COUNTERS: tuple[str, ...] = (
 
 
 class WaitSampler:
-    """The last ``capacity`` acquire waits (seconds), for percentiles over recent traffic.
+    """Acquire waits (seconds) of recent checkouts, for percentiles.
 
-    A ring of doubles: ``record`` is one store and one add. Writers may race
+    Only checkouts that had to queue are recorded, each with the checkout
+    count at that moment; a checkout served at once from an idle connection
+    waited zero by definition, so it costs the hot path nothing and is
+    counted back in by :meth:`percentiles` (the checkouts since the oldest
+    kept sample that left no sample). The samples are a ring of doubles:
+    ``record`` is two stores and two adds, no allocation. Writers may race
     (the pool records outside its lock); a lost sample is harmless for a
     percentile, a lock on every checkout is not.
     """
 
-    __slots__ = ("_buf", "_mask", "_n", "max", "total")
+    __slots__ = ("_buf", "_mask", "_n", "_seq", "max", "total")
 
     def __init__(self, capacity: int = 8192) -> None:
         if capacity <= 0 or capacity & (capacity - 1):
             raise ValueError(f"capacity must be a power of two, got {capacity!r}")
         self._buf = array("d", bytes(8 * capacity))
+        self._seq = array("q", bytes(8 * capacity))
         self._mask = capacity - 1
         self._n = 0
         self.max = 0.0
         #: running sum of every wait recorded (for means and Prometheus summaries)
         self.total = 0.0
 
-    def record(self, seconds: float) -> None:
+    def record(self, seconds: float, seq: int = 0) -> None:
+        """Note one wait; ``seq`` is the pool's checkout count when it ended."""
         n = self._n
-        self._buf[n & self._mask] = seconds
+        i = n & self._mask
+        self._buf[i] = seconds
+        self._seq[i] = seq
         self._n = n + 1
         self.total += seconds
         if seconds > self.max:
@@ -94,16 +103,25 @@ class WaitSampler:
     def __len__(self) -> int:
         return min(self._n, self._mask + 1)
 
-    def percentiles(self, *qs: float) -> tuple[float, ...]:
-        """Nearest-rank percentiles (0..100) of the samples held; zeros when empty."""
+    def percentiles(self, *qs: float, checkouts: int | None = None) -> tuple[float, ...]:
+        """Nearest-rank percentiles (0..100); zeros when nothing waited.
+
+        With ``checkouts`` (the pool's checkout count now), the checkouts
+        since the oldest kept sample that recorded nothing enter as zero waits.
+        """
         count = len(self)
         if not count:
             return tuple(0.0 for _ in qs)
         data = sorted(self._buf[:count])
+        zeros = 0
+        if checkouts is not None:
+            oldest = self._seq[self._n & self._mask] if self._n > count else self._seq[0]
+            zeros = max(0, checkouts - oldest + 1 - count)
+        total = zeros + count
         out = []
         for q in qs:
-            rank = max(1, min(count, int(-(-q * count // 100))))
-            out.append(data[rank - 1])
+            rank = max(1, min(total, int(-(-q * total // 100))))
+            out.append(0.0 if rank <= zeros else data[rank - zeros - 1])
         return tuple(out)
 
     def reset(self) -> None:
@@ -116,7 +134,8 @@ class WaitSampler:
 class PoolStats:
     """A consistent snapshot of a pool: gauges, counters and acquire-wait percentiles.
 
-    Wait percentiles are in seconds over the most recent checkouts (up to 8192).
+    Wait percentiles are in seconds over recent checkouts: the last 8192 that
+    had to queue, and the immediate ones (zero waits) among them.
     """
 
     name: str

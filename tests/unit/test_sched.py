@@ -260,3 +260,17 @@ def test_stop_cancels_pending_timers() -> None:
     stop_and_join(keeper)
     time.sleep(0.3)
     assert ran == []
+
+
+def test_cancelled_timers_are_swept_from_the_heap() -> None:
+    """Every validation arms a watchdog and nearly all are cancelled; they must not
+    pile up in the heap until their (distant) deadlines."""
+    hk = Housekeeper("sweep", workers=1)
+    try:
+        for _ in range(10_000):
+            hk.call_later(3600, lambda: None).cancel()
+        assert len(hk._heap) < 200, len(hk._heap)
+        live = hk.call_later(3600, lambda: None)
+        assert any(entry[2] is live for entry in hk._heap)
+    finally:
+        hk.stop()

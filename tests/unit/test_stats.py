@@ -139,3 +139,26 @@ def test_snapshot_is_frozen_and_copies_cleanly() -> None:
         st.pool_size = 1  # type: ignore[misc]
     for clone in (copy.copy(st), copy.deepcopy(st), pickle.loads(pickle.dumps(st))):
         assert clone == st and clone.checkouts == 2
+
+
+def test_immediate_checkouts_count_as_zero_waits() -> None:
+    """Only queued checkouts are timed; the ones served at once enter the
+    percentiles as zeros, counted from the pool's checkout sequence."""
+    w = S.WaitSampler(8)
+    w.record(0.5, seq=10)  # checkout #10 waited 0.5 s
+    w.record(1.0, seq=20)  # checkout #20 waited 1.0 s
+    # 11 checkouts (10..20) in the window, 2 of them timed: 9 zeros
+    assert w.percentiles(50, checkouts=20) == (0.0,)
+    assert w.percentiles(90, checkouts=20) == (0.5,)
+    assert w.percentiles(100, checkouts=20) == (1.0,)
+    # without the checkout count only the timed samples are ranked
+    assert w.percentiles(50) == (0.5,)
+
+
+def test_zero_waits_are_counted_from_the_oldest_sample_still_held() -> None:
+    w = S.WaitSampler(2)
+    for seq in (1, 2, 100, 101):  # the ring keeps the last two: seq 100 and 101
+        w.record(0.25, seq=seq)
+    assert len(w) == 2
+    assert w.percentiles(50, 100, checkouts=101) == (0.25, 0.25), "no zeros between 100 and 101"
+    assert w.percentiles(50, checkouts=103) == (0.0,), "checkouts 102 and 103 were immediate"
