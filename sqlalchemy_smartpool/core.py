@@ -190,8 +190,8 @@ class PoolCore(Generic[C]):
 
     def plan_connects(self, now: float) -> int:
         """How many background connects to start now; they are counted as pending."""
-        if self.closed:
-            return 0
+        if self.closed or self.size + self.pending >= self.config.max_size:
+            return 0  # the common answer under contention, without the sizing call
         want = connects_wanted(
             size=self.size,
             pending=self.pending,
