@@ -73,7 +73,7 @@ def _make(impl: str, url: str) -> Any:
     )
 
 
-def _run(impl: str, url: str, proxy: Any) -> dict[str, float]:
+def _run(impl: str, url: str, proxy: Any, scale: float = 1.0) -> dict[str, float]:
     from sqlalchemy import text
 
     from ..testing import FaultMode
@@ -106,19 +106,19 @@ def _run(impl: str, url: str, proxy: Any) -> dict[str, float]:
         ]
         for t in threads:
             t.start()
-        time.sleep(WARMUP)
+        time.sleep(WARMUP * scale)
         down = time.monotonic()
         proxy.mode = FaultMode.BLACKHOLE
         proxy.reset_all()
         opened_at: float | None = None
-        while time.monotonic() < down + OUTAGE:
+        while time.monotonic() < down + OUTAGE * scale:
             if opened_at is None and hasattr(pool, "stats") and pool.stats().breaker_state != "closed":
                 opened_at = time.monotonic()
             time.sleep(0.01)
         proxy.mode = FaultMode.PASS
         up = time.monotonic()
         full_pool_at: float | None = None
-        deadline = up + AFTER
+        deadline = up + AFTER * scale
         while time.monotonic() < deadline:
             if full_pool_at is None and hasattr(pool, "stats") and pool.stats().pool_size >= 5:
                 full_pool_at = time.monotonic()
@@ -168,7 +168,7 @@ def trial(opts: Options) -> Trial:
         for impl in (SMART, QUEUE_TUNED, QUEUE_DEFAULT):
             wait_for_headroom(opts.url, THREADS + 5)
             progress(f"outage: {impl}")
-            rows.append({"impl": impl, **_run(impl, url, proxy)})
+            rows.append({"impl": impl, **_run(impl, url, proxy, 0.3 if opts.quick else 1.0)})
     notes = [
         f"{THREADS} threads, `{SQL}` + {THINK * 1e3:g} ms think time; at t={WARMUP:g}s every open "
         f"connection is reset and new ones black-holed for {OUTAGE:g}s (FaultProxy), then traffic passes",

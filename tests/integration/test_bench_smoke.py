@@ -1,0 +1,78 @@
+"""The benchmark runner and the ``smartpool`` command still work, end to end.
+
+Every scenario runs in ``--quick`` mode against the real PostgreSQL, in this
+process (so coverage sees it), and must produce a well-formed report with
+SmartPool and each of its anchors measured. Quick runs are too short for the
+numbers to mean anything, so goals are not asserted here; the real runs and
+their numbers are in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from sqlalchemy_smartpool import cli
+from sqlalchemy_smartpool.bench import SCENARIOS
+
+from ._services import require_postgres
+
+pytestmark = pytest.mark.integration
+
+#: scenario -> substrings of the implementations its rows must cover
+ANCHORS = {
+    "overhead": ("SmartPool", "QueuePool", "psycopg_pool"),
+    "prepping": ("SmartPool", "QueuePool"),
+    "fairness": ("SmartPool", "QueuePool", "psycopg_pool"),
+    "spike": ("SmartPool", "QueuePool"),
+    "ramp": ("SmartPool", "QueuePool"),
+    "memory": ("SmartPool", "QueuePool"),
+    "outage": ("SmartPool", "QueuePool"),
+    "soak": ("SmartPool", "QueuePool"),
+}
+
+
+def test_every_scenario_is_smoke_tested() -> None:
+    assert set(ANCHORS) == set(SCENARIOS)
+
+
+def _impls(rows: list[dict[str, Any]]) -> str:
+    return " ".join(str(r.get("impl", r)) for r in rows)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_scenario_runs_and_reports(scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
+    require_postgres()
+    assert cli.main(["bench", scenario, "--quick", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["machine"]["nproc"] >= 1
+    (result,) = out["results"]
+    assert result["scenario"] == scenario
+    assert result["rows"], "no measurements"
+    impls = _impls(result["rows"])
+    for name in ANCHORS[scenario]:
+        assert name in impls, f"{scenario}: no row for {name}: {impls}"
+    for goal in result["goals"]:
+        assert {"name", "target", "measured", "met"} <= set(goal)
+
+
+def test_cli_help_lists_both_commands() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sqlalchemy_smartpool.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "demo" in done.stdout and "bench" in done.stdout
+
+
+def test_cli_rejects_an_unknown_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "no-such-scenario"])
+    assert info.value.code == 2
+    assert "no-such-scenario" in capsys.readouterr().err
