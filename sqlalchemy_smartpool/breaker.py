@@ -133,8 +133,8 @@ class CircuitBreaker:
         self.probe_in_flight = False
         self._window.clear()
         self._backoff.reset()
-        if self.state is not BreakerState.CLOSED:
-            self._move(BreakerState.CLOSED)
+        # silently: nothing was learnt about the database ("reachable again" would be a guess)
+        self.state = BreakerState.CLOSED
 
     # -- internals -------------------------------------------------------------------
 

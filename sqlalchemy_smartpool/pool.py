@@ -472,6 +472,8 @@ class SmartPool(Pool):
                     self._core.discard(slot)
                     connects = self._core.plan_connects(self._clock())
                 slot.conn.invalidate(err)
+                with self._lock:
+                    self._core.counters[S.CONNECTIONS_CLOSED] += 1
                 if connects:
                     self._spawn_connects(connects)
                 raise
@@ -519,12 +521,17 @@ class SmartPool(Pool):
         hk = self._hk
         if fd is not None and hk is not None:
             watchdog = hk.call_later(self._config.validation_timeout, lambda: drivers.abort_socket(fd))
+        # an error the dialect's own ping raised was already judged (by is_disconnect and
+        # any handle_error hook, which may downgrade a disconnect): don't second-guess it
+        judged = False
         try:
             query = self._config.validation_query
             if query is None:
                 # the dialect's ping answers False for a disconnect and raises anything else
+                judged = True
                 if not self._dialect._do_ping_w_event(dbapi_conn):
                     return False
+                judged = False
             else:
                 cursor = dbapi_conn.cursor()
                 try:
@@ -536,7 +543,7 @@ class SmartPool(Pool):
                 dbapi_conn.rollback()
             return True
         except Exception as err:
-            if fatal_raises and not self._is_disconnect(err, dbapi_conn):
+            if fatal_raises and (judged or not self._is_disconnect(err, dbapi_conn)):
                 raise
             logger.info("pool %s: validation failed: %s", self._pool_name, describe_error(err))
             return False
