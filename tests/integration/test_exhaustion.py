@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy_smartpool import CircuitBreakerConfig, CircuitOpenError, PoolTimeout, SmartPool
 
 from ._services import HOST, MYSQL_PORT, POSTGRES_PORT, require_mysql, require_postgres
-from .test_resilience import check_invariants, measured, wait_until
+from .test_resilience import admin_query, check_invariants, measured, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,19 +44,6 @@ class Server:
     connect_args: dict[str, Any]
 
 
-def _pg_admin(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    import psycopg2
-
-    conn = psycopg2.connect(host=HOST, port=POSTGRES_PORT, user="postgres", dbname="test")
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return list(cur.fetchall()) if cur.description else []
-    finally:
-        conn.close()
-
-
 def _mysql_admin(sql: str, *params: Any) -> list[tuple[Any, ...]]:
     import pymysql
 
@@ -74,8 +61,8 @@ def _postgres() -> Server:
     psycopg2 = pytest.importorskip("psycopg2")
     # made by an earlier run (or a concurrent one) is fine
     with contextlib.suppress(psycopg2.errors.DuplicateObject, psycopg2.errors.UniqueViolation):
-        _pg_admin(f"CREATE ROLE {ROLE} LOGIN CONNECTION LIMIT {LIMIT}")
-    _pg_admin(f"ALTER ROLE {ROLE} LOGIN NOSUPERUSER CONNECTION LIMIT {LIMIT}")
+        admin_query(f"CREATE ROLE {ROLE} LOGIN CONNECTION LIMIT {LIMIT}")
+    admin_query(f"ALTER ROLE {ROLE} LOGIN NOSUPERUSER CONNECTION LIMIT {LIMIT}")
     # trust auth on 127.0.0.1 must hold for this role too, or nothing below means anything
     psycopg2.connect(host=HOST, port=POSTGRES_PORT, user=ROLE, dbname="test").close()
     app = f"sp-exh-{uuid.uuid4().hex[:8]}"
@@ -84,7 +71,7 @@ def _postgres() -> Server:
         url=f"postgresql+psycopg2://{ROLE}@{HOST}:{POSTGRES_PORT}/test",
         sleep_sql=f"SELECT pg_sleep({HOLD})",
         count_ours=lambda: int(
-            _pg_admin("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", ROLE)[0][0]
+            admin_query("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", ROLE)[0][0]
         ),
         connect_args={"application_name": app},
     )
