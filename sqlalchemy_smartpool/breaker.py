@@ -133,8 +133,13 @@ class CircuitBreaker:
         self.probe_in_flight = False
         self._window.clear()
         self._backoff.reset()
-        # silently: nothing was learnt about the database ("reachable again" would be a guess)
-        self.state = BreakerState.CLOSED
+        old = self.state
+        if old is not BreakerState.CLOSED:
+            # not via _move: nothing was learnt about the database, "reachable again" would be a guess
+            self.state = BreakerState.CLOSED
+            logger.info("pool %s: circuit breaker reset (pool disposed)", self._name)
+            if self._on_transition is not None:
+                self._on_transition(old, BreakerState.CLOSED)
 
     # -- internals -------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,10 +45,19 @@ def _impls(rows: list[dict[str, Any]]) -> str:
     return " ".join(str(r.get("impl", r)) for r in rows)
 
 
+#: scenarios that draw plots, and the files they write
+PLOTS = {"fairness": ["fairness.png"], "ramp": ["ramp.png"]}
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_scenario_runs_and_reports(scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_scenario_runs_and_reports(
+    scenario: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     require_postgres()
-    assert cli.main(["bench", scenario, "--quick", "--json"]) == 0
+    assert cli.main(["bench", scenario, "--quick", "--json", "--plots", str(tmp_path)]) == 0
+    for name in PLOTS.get(scenario, []):
+        png = (tmp_path / name).read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000, name
     out = json.loads(capsys.readouterr().out)
     assert out["machine"]["nproc"] >= 1
     (result,) = out["results"]
