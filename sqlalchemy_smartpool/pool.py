@@ -3,7 +3,7 @@
 SQLAlchemy's pool keeps a ``_ConnectionRecord`` per DBAPI connection and
 wraps each checkout in a ``_ConnectionFairy``; a subclass supplies
 ``_do_get`` and ``_do_return_conn``. Here they are the only hot path: one
-``threading.Lock`` around the core's bookkeeping, nothing else. Waiting,
+lock around the core's bookkeeping, nothing else. Waiting,
 connecting, closing and timed work live in the pieces named after them.
 """
 
@@ -166,10 +166,11 @@ class SmartPool(Pool):
         self._validation_interval = self._config.validation_interval
         self._waits: S.WaitSampler | None = S.WaitSampler() if self._config.track_wait_times else None
         self._leak_threshold = self._config.leak_detection_threshold
-        self._can_validate = self._config.validation_query is not None or not isinstance(
+        # without a dialect (a bare pool) there is no ping, only a validation_query
+        can_validate = self._config.validation_query is not None or not isinstance(
             self._dialect, _ConnDialect
         )
-        self._validate = self._config.validate_on_checkout and self._can_validate
+        self._validate = self._config.validate_on_checkout and can_validate
         self._hk: Housekeeper | None = None
         real_dialect = not isinstance(self._dialect, _ConnDialect)
         if real_dialect and self._config.connect_timeout is not None:
@@ -184,7 +185,6 @@ class SmartPool(Pool):
         #: bumped by dispose(): connects started before it are not kept
         self._generation = 0
         self._ping_opens_transaction = drivers.ping_opens_transaction(self._dialect)
-        self._tick_timer: Any = None
         self._leak_reports = leaks.LeakReporter(self._pool_name)
 
     # ------------------------------------------------------------------ public API
@@ -309,10 +309,12 @@ class SmartPool(Pool):
         )
 
     # The hot path. It is PoolCore.take_idle / PoolCore.checkin inlined, with
-    # explicit acquire/release instead of ``with``: together worth ~0.6 us of
-    # the ~1.6 us a checkout+checkin spent in this class (SQLAlchemy's own
-    # record/fairy work is ~4.7 us more). Anything unusual falls through to
-    # the core's full versions; tests/unit/test_pool_fastpath.py holds them equal.
+    # explicit acquire/release instead of ``with``: that took this class's share
+    # of a checkout+checkin from ~1.6 us to ~0.9 us (SQLAlchemy's own
+    # record/fairy work is ~5 us more; docs/benchmarks.md). Anything unusual
+    # falls through to the core's full versions. The stress tests
+    # (tests/integration/test_stress.py) check the core's invariants after
+    # thousands of fast-path checkouts racing waits, invalidations and dispose().
 
     def _do_get(self) -> _ConnectionRecord:
         clock = self._clock
