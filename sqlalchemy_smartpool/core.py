@@ -249,17 +249,10 @@ class PoolCore(Generic[C]):
         """
         self.pending -= 1
         if permanent and error is not None and self.waiters:
-            failed = list(self.waiters)
-            self.waiters.clear()
-            for i, w in enumerate(failed):
-                w.error = error if i == 0 else _clone(error)
-            return failed
+            return self._fail_waiters(lambda i: error if i == 0 else _clone(error))
         if self._breaker_blocks() and not self.pending:
-            failed = list(self.waiters)
-            self.waiters.clear()
             err = self._circuit_error()
-            for w in failed:
-                w.error = err
+            failed = self._fail_waiters(lambda _: err)
             self.counters[S.REJECTED_BREAKER] += len(failed)
             return failed
         return []
@@ -400,12 +393,8 @@ class PoolCore(Generic[C]):
     def close(self) -> tuple[list[Slot[C]], list[Waiter[C]]]:
         """Close for good: idle connections to close and waiters to fail."""
         self.closed = True
-        waiters = list(self.waiters)
-        self.waiters.clear()
         err = PoolClosed(f"pool {self.name} is closed")
-        for w in waiters:
-            w.error = err
-        return self.drain_idle(), waiters
+        return self.drain_idle(), self._fail_waiters(lambda _: err)
 
     # -- reporting --------------------------------------------------------------------
 
@@ -454,6 +443,14 @@ class PoolCore(Generic[C]):
             return waiter
         self.idle.append(slot)
         return None
+
+    def _fail_waiters(self, error_for: Callable[[int], BaseException]) -> list[Waiter[C]]:
+        """Empty the queue, giving the i-th waiter ``error_for(i)``; the adapter wakes them."""
+        failed = list(self.waiters)
+        self.waiters.clear()
+        for i, w in enumerate(failed):
+            w.error = error_for(i)
+        return failed
 
     def _breaker_blocks(self) -> bool:
         """Waiting is hopeless when the breaker is open and no connection can come back."""
