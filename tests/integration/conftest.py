@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from sqlalchemy_smartpool import SmartPool
+from sqlalchemy_smartpool.testing import FaultProxy
 
 from ._services import HOST, MYSQL_PORT, POSTGRES_PORT, require_mysql, require_postgres
 
@@ -270,3 +271,11 @@ def server_alive(backend: Backend, request: pytest.FixtureRequest) -> Callable[[
     else:
         return lambda ids: set()
     return admin.alive  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[FaultProxy]:
+    """A fault-injection proxy in front of the local PostgreSQL (the proxy and resilience suites)."""
+    require_postgres()
+    with FaultProxy(HOST, POSTGRES_PORT) as proxy:
+        yield proxy

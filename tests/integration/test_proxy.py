@@ -36,13 +36,6 @@ psycopg2 = pytest.importorskip("psycopg2")
 
 
 @pytest.fixture
-def pg_proxy() -> Iterator[FaultProxy]:
-    require_postgres()
-    with FaultProxy(HOST, POSTGRES_PORT) as proxy:
-        yield proxy
-
-
-@pytest.fixture
 def redis_proxy() -> Iterator[FaultProxy]:
     require_redis()
     with FaultProxy(HOST, REDIS_PORT) as proxy:

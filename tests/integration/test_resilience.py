@@ -275,13 +275,6 @@ class Load:
 
 
 @pytest.fixture
-def pg_proxy() -> Iterator[FaultProxy]:
-    require_postgres()
-    with FaultProxy(HOST, POSTGRES_PORT) as proxy:
-        yield proxy
-
-
-@pytest.fixture
 def app_name() -> Iterator[str]:
     require_postgres()
     name = f"sp-resil-{uuid.uuid4().hex[:10]}"
