@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from .breaker import BreakerState
 from .config import CircuitBreakerConfig, PoolConfig
-from .errors import (
+from .errors import ConfigError
+from .pool import SmartPool
+from .sa_errors import (
     CircuitOpenError,
-    ConfigError,
     PoolClosed,
     PoolTimeout,
     TooManyWaiters,
 )
-from .pool import SmartPool
 from .stats import PoolStats
 
 __version__ = "0.1.0"

@@ -290,3 +290,67 @@ def coerce_setting(name: str, raw: Any) -> Any:
         except ValueError:
             raise ConfigError(name, raw, "must be a number") from None
     return text
+
+
+#: create_engine() spells these SQLAlchemy pool arguments; each maps onto a PoolConfig field
+_SA_ALIASES = {
+    "pool_size": "min_size",
+    "max_overflow": "max_size",
+    "timeout": "acquire_timeout",
+    "recycle": "max_lifetime",
+    "pre_ping": "validate_on_checkout",
+    "use_lifo": "reuse",
+}
+
+
+def from_pool_arguments(
+    base: PoolConfig | None, given: dict[str, Any], sa_given: dict[str, Any]
+) -> PoolConfig:
+    """Merge pool_config, SmartPool keywords and SQLAlchemy's pool keywords into one config."""
+    if base is not None and not isinstance(base, PoolConfig):
+        raise ConfigError("pool_config", base, "must be a PoolConfig")
+    config = base or PoolConfig()
+    changes = {k: coerce_setting(k, v) for k, v in given.items() if k != "breaker"}
+    if "breaker" in given:
+        changes["breaker"] = given["breaker"]
+    mapped: dict[str, Any] = {}
+    if "pool_size" in sa_given or "max_overflow" in sa_given:
+        # a missing one takes QueuePool's default, so the app keeps the limits it had
+        size = _sa_int("pool_size", sa_given.get("pool_size", 5))
+        overflow = _sa_int("max_overflow", sa_given.get("max_overflow", 10))
+        mapped["min_size"] = size
+        if "max_overflow" not in sa_given and "max_size" in changes:
+            pass  # an explicit max_size beats QueuePool's default overflow
+        elif size == 0 or overflow < 0:
+            # QueuePool's "no limit": SmartPool always has a ceiling; keep ours
+            mapped["max_size"] = max(size, changes.get("max_size", config.max_size), 1)
+        else:
+            mapped["max_size"] = max(size + overflow, 1)
+    if "timeout" in sa_given:
+        mapped["acquire_timeout"] = sa_given["timeout"]
+    if "recycle" in sa_given:
+        recycle = sa_given["recycle"]
+        mapped["max_lifetime"] = None if recycle is None or recycle < 0 else recycle
+    if "pre_ping" in sa_given:
+        mapped["validate_on_checkout"] = bool(sa_given["pre_ping"])
+    if "use_lifo" in sa_given:
+        mapped["reuse"] = "lifo" if sa_given["use_lifo"] else "fifo"
+    for field, value in mapped.items():
+        if field in changes and changes[field] != value:
+            alias = next(k for k, v in _SA_ALIASES.items() if v == field and k in sa_given)
+            raise ConfigError(
+                field,
+                changes[field],
+                f"conflicts with SQLAlchemy's {alias}={sa_given[alias]!r}; give only one of them",
+            )
+        changes.setdefault(field, value)
+    return config.replace(**changes)
+
+
+def _sa_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(name, value, "must be an integer")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, value, "must be an integer") from None

@@ -30,7 +30,7 @@ from typing import Generic, TypeVar
 from . import stats as S
 from .breaker import BreakerState, CircuitBreaker
 from .config import PoolConfig
-from .errors import CircuitOpenError, PoolClosed, TooManyWaiters
+from .errors import NEUTRAL, CircuitOpen, ErrorTypes
 from .sizing import connects_wanted, idle_to_close
 
 C = TypeVar("C")
@@ -106,8 +106,11 @@ class PoolCore(Generic[C]):
         *,
         name: str = "pool",
         rng: random.Random | None = None,
+        errors: ErrorTypes = NEUTRAL,
     ) -> None:
         self.config = config
+        #: the exception classes the adapter's users catch
+        self.errors = errors
         self.name = name
         self._rng = rng or random.Random()
         self._lifo = config.reuse == "lifo"
@@ -162,11 +165,11 @@ class PoolCore(Generic[C]):
     def add_waiter(self, waiter: Waiter[C]) -> None:
         """Queue a caller, or refuse at once when waiting cannot help."""
         if self.closed:
-            raise PoolClosed(f"pool {self.name} is closed")
+            raise self.errors.closed(f"pool {self.name} is closed")
         cap = self.config.max_waiting
         if cap and len(self.waiters) >= cap:
             self.counters[S.REJECTED_FULL] += 1
-            raise TooManyWaiters(
+            raise self.errors.queue_full(
                 f"pool {self.name}: wait queue full ({len(self.waiters)} waiting, "
                 f"max_waiting={cap}); {self.describe()}"
             )
@@ -393,7 +396,7 @@ class PoolCore(Generic[C]):
     def close(self) -> tuple[list[Slot[C]], list[Waiter[C]]]:
         """Close for good: idle connections to close and waiters to fail."""
         self.closed = True
-        err = PoolClosed(f"pool {self.name} is closed")
+        err = self.errors.closed(f"pool {self.name} is closed")
         return self.drain_idle(), self._fail_waiters(lambda _: err)
 
     # -- reporting --------------------------------------------------------------------
@@ -462,15 +465,15 @@ class PoolCore(Generic[C]):
             and self.breaker.retry_after() > 0
         )
 
-    def _circuit_error(self) -> CircuitOpenError:
+    def _circuit_error(self) -> CircuitOpen:
         retry = self.breaker.retry_after()
-        err = CircuitOpenError(
+        err = self.errors.circuit_open(
             f"pool {self.name}: circuit breaker open after "
             f"{self.breaker.consecutive_failures} failed connects "
             f"({self.breaker.last_error or 'unknown error'}); next probe in {retry:.2f}s; "
             f"{self.describe()}",
             retry,
-            orig=self.last_connect_error,
+            self.last_connect_error,
         )
         err.__cause__ = self.last_connect_error
         return err

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from sqlalchemy import Engine, create_engine, event, text
 
 from .config import PoolConfig
-from .errors import PoolTimeout
 from .pool import SmartPool
+from .sa_errors import PoolTimeout
 from .stats import PoolStats
 
 if TYPE_CHECKING:

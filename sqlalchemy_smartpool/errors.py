@@ -1,16 +1,18 @@
-"""Exceptions raised by SmartPool.
+"""The pool's exceptions, neutral of any ecosystem, and safe error descriptions.
 
-Each pool error subclasses the SQLAlchemy exception that existing code already
-catches for the same situation, so switching ``poolclass`` changes no ``except``
-clause in an application.
+The engine raises pool errors through an :class:`ErrorTypes` table that the
+adapter supplies, so a SQLAlchemy user catches ``sqlalchemy.exc`` types (see
+``sa_errors``) and a redis-py user catches redis-py's, while every one of
+them is also an instance of the neutral class here: ``except CircuitOpen``
+works for every pool. This module imports neither SQLAlchemy nor redis.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
-
-from sqlalchemy import exc as sa_exc
 
 _SECRETS = (
     # scheme://user:password@host
@@ -20,6 +22,13 @@ _SECRETS = (
 )
 
 
+def redact(text: str) -> str:
+    """``text`` with passwords in URLs and DSNs replaced by ``***``."""
+    for pattern, repl in _SECRETS:
+        text = pattern.sub(repl, text)
+    return text
+
+
 def describe_error(err: BaseException, limit: int = 200) -> str:
     """``Type: first line of the message``, secrets redacted: safe for logs and errors.
 
@@ -27,60 +36,92 @@ def describe_error(err: BaseException, limit: int = 200) -> str:
     user X) and that is worth showing; a DSN echoed back may carry a password.
     """
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    for pattern, repl in _SECRETS:
-        text = pattern.sub(repl, text)
+    text = redact(text)
     if len(text) > limit:
         text = text[:limit] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 class ConfigError(ValueError):
-    """A pool setting is invalid; raised at construction, naming field and value."""
+    """A pool setting is invalid; raised at construction, naming field, value and source.
 
-    def __init__(self, field: str, value: Any, reason: str) -> None:
+    ``source`` says where the value came from (``keyword``, ``URL parameter
+    smartpool_max_size``, ``environment variable SMARTPOOL_MAX_SIZE``, a file
+    and key), so the user knows what to fix.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str, *, source: str | None = None) -> None:
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid pool setting {field}={value!r}: {reason}")
+        self.source = source
+        where = f" (from {source})" if source else ""
+        super().__init__(f"invalid pool setting {field}={value!r}{where}: {reason}")
 
 
-class PoolTimeout(sa_exc.TimeoutError):
+class PoolError(Exception):
+    """Base of the pool's own runtime errors (not of the driver's)."""
+
+
+class AcquireTimeout(PoolError):
     """No connection became available within the checkout timeout."""
 
 
-class TooManyWaiters(PoolTimeout):
-    """The wait queue is full (``max_waiting``): fail fast instead of queueing.
-
-    A subclass of :class:`PoolTimeout` because callers treat both as "the pool
-    could not serve me in time".
-    """
+class WaitQueueFull(AcquireTimeout):
+    """``max_waiting`` callers already wait: fail fast instead of queueing."""
 
 
-class PoolClosed(sa_exc.InvalidRequestError):
+class PoolClosedError(PoolError):
     """The pool was closed for good; no checkout is possible."""
 
 
 class DatabaseUnavailable(Exception):
-    """The ``orig`` of a :class:`CircuitOpenError`: no DBAPI error exists for it."""
+    """The ``orig`` of a circuit-open error when no connect error was recorded."""
 
 
-class CircuitOpenError(sa_exc.OperationalError):
-    """The circuit breaker is open: the database is considered down.
+class CircuitOpen(PoolError):
+    """The circuit breaker is open: the server is considered down (catch this).
 
-    Raised at once instead of dialing. It is an ``OperationalError`` because
-    that is what an application already catches for "database unreachable".
-    ``retry_after`` tells how many seconds remain until the next probe.
+    ``retry_after`` is the number of seconds to the next probe; ``orig`` the
+    last connect error (the driver's). A marker without ``__init__``, so that
+    ecosystem classes can combine it with theirs (``sa_errors.CircuitOpenError``
+    is also a SQLAlchemy ``OperationalError``).
     """
 
+    message: str
+    retry_after: float
+    orig: Any
+
+
+class BreakerOpenError(CircuitOpen):
+    """The neutral :class:`CircuitOpen`, for adapters without an ecosystem type."""
+
     def __init__(self, message: str, retry_after: float, orig: BaseException | None = None) -> None:
-        # ``orig`` is the last connect error (the driver's), as SQLAlchemy's
-        # DBAPIError carries it; DatabaseUnavailable when there was none
-        super().__init__(None, None, orig if orig is not None else DatabaseUnavailable(message))
+        super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.orig = orig if orig is not None else DatabaseUnavailable(message)
 
     def __str__(self) -> str:
         return self.message
 
     def __reduce__(self) -> Any:
         return self.__class__, (self.message, self.retry_after)
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorTypes:
+    """The exception classes an adapter's users expect, one per pool error.
+
+    Each must subclass the neutral class of the same job; ``circuit_open`` is
+    called as ``cls(message, retry_after, orig)``, the others as ``cls(message)``.
+    """
+
+    timeout: type[AcquireTimeout] = AcquireTimeout
+    queue_full: type[WaitQueueFull] = WaitQueueFull
+    closed: type[PoolClosedError] = PoolClosedError
+    circuit_open: Callable[[str, float, BaseException | None], CircuitOpen] = BreakerOpenError
+
+
+#: the neutral classes themselves (unit tests of the core, or an adapter with no ecosystem types)
+NEUTRAL = ErrorTypes()

@@ -14,7 +14,9 @@ import pytest
 from sqlalchemy_smartpool import stats as S
 from sqlalchemy_smartpool.breaker import BreakerState
 from sqlalchemy_smartpool.core import HousekeepingPlan, PoolCore, Slot, Waiter
-from sqlalchemy_smartpool.errors import CircuitOpenError, PoolClosed, TooManyWaiters
+from sqlalchemy_smartpool.errors import CircuitOpen as CircuitOpenError
+from sqlalchemy_smartpool.errors import PoolClosedError as PoolClosed
+from sqlalchemy_smartpool.errors import WaitQueueFull as TooManyWaiters
 
 from .conftest import Conn, FakeClock
 

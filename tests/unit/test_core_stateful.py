@@ -23,7 +23,9 @@ from hypothesis.stateful import (
 from sqlalchemy_smartpool.breaker import BreakerState
 from sqlalchemy_smartpool.config import CircuitBreakerConfig, PoolConfig
 from sqlalchemy_smartpool.core import PoolCore, Slot, Waiter
-from sqlalchemy_smartpool.errors import CircuitOpenError, PoolClosed, TooManyWaiters
+from sqlalchemy_smartpool.errors import CircuitOpen as CircuitOpenError
+from sqlalchemy_smartpool.errors import PoolClosedError as PoolClosed
+from sqlalchemy_smartpool.errors import WaitQueueFull as TooManyWaiters
 
 from .conftest import Conn, FakeClock
 
