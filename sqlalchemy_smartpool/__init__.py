@@ -8,7 +8,7 @@ from __future__ import annotations
 from .breaker import BreakerState
 from .config import CircuitBreakerConfig, PoolConfig
 from .errors import ConfigError
-from .pool import SmartPool
+from .pool import AsyncSmartPool, SmartPool
 from .sa_errors import (
     CircuitOpenError,
     PoolClosed,
@@ -20,6 +20,7 @@ from .stats import PoolStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncSmartPool",
     "BreakerState",
     "CircuitBreakerConfig",
     "CircuitOpenError",

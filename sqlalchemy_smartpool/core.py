@@ -25,7 +25,7 @@ import itertools
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from . import stats as S
 from .breaker import BreakerState, CircuitBreaker
@@ -49,6 +49,7 @@ class Slot(Generic[C]):
         "id",
         "last_used",
         "lease",
+        "poller",
         "validated_at",
     )
 
@@ -62,6 +63,8 @@ class Slot(Generic[C]):
         self.checked_out_at = 0.0
         # set by leak tracking while checked out: (thread name, stack), else None
         self.lease: object | None = None
+        #: the adapter's non-blocking look at the socket (``select.poll``), or None
+        self.poller: Any = None
 
     def __repr__(self) -> str:
         return f"<Slot #{self.id}>"
@@ -79,6 +82,10 @@ class Waiter(Generic[C]):
 
     def wake(self) -> None:
         """Called by the adapter after ``slot`` or ``error`` was set."""
+
+    def wait(self, timeout: float) -> bool:
+        """Block (or await) until woken; False on timeout. The runtime's subclass implements it."""
+        raise NotImplementedError
 
 
 class HousekeepingPlan(Generic[C]):
@@ -125,6 +132,9 @@ class PoolCore(Generic[C]):
         #: idle slots taken out by the housekeeper for a keepalive ping
         self.maintaining = 0
         self.closed = False
+        #: restore ``min_size`` on its own? Only once a connect has worked, and not after a
+        #: permanent connect error until a caller asks again: a pool nobody uses dials nobody
+        self.refill = False
         #: slots validated before this instant are validated on their next checkout
         self.suspect_before = 0.0
         #: the last failed connect attempt, for error messages and ``__cause__``
@@ -159,7 +169,9 @@ class PoolCore(Generic[C]):
         if self.waiters or not self.idle:
             return None
         slot = self.idle.pop() if self._lifo else self.idle.popleft()
-        self._lease(slot, now)
+        slot.checked_out_at = now  # _lease(), inlined: this is every checkout's cost
+        self.leased[slot.id] = slot
+        self.checkouts += 1
         return slot
 
     def add_waiter(self, waiter: Waiter[C]) -> None:
@@ -199,7 +211,7 @@ class PoolCore(Generic[C]):
             size=self.size,
             pending=self.pending,
             waiting=len(self.waiters),
-            min_size=self.config.min_size,
+            min_size=self.config.min_size if self.refill else 0,
             max_size=self.config.max_size,
             max_concurrent=self.config.max_concurrent_connects,
         )
@@ -225,6 +237,7 @@ class PoolCore(Generic[C]):
         self.pending -= 1
         self.counters[S.CONNECTIONS_CREATED] += 1
         self.breaker.record_success()
+        self.refill = True
         slot = self.new_slot(conn, now)
         if self.closed:  # nothing will ever take it: the adapter sees ``closed`` and closes it
             return slot, None
@@ -251,6 +264,8 @@ class PoolCore(Generic[C]):
         waiters are failed only once the breaker blocks all hope.
         """
         self.pending -= 1
+        if permanent:
+            self.refill = False
         if permanent and error is not None and self.waiters:
             return self._fail_waiters(lambda i: error if i == 0 else _clone(error))
         if self._breaker_blocks() and not self.pending:
@@ -273,7 +288,7 @@ class PoolCore(Generic[C]):
 
     # -- checkin ----------------------------------------------------------------------
 
-    def checkin(self, slot: Slot[C], now: float, *, usable: bool = True) -> tuple[Waiter[C] | None, bool]:
+    def checkin(self, slot: Slot[C], now: float, usable: bool = True) -> tuple[Waiter[C] | None, bool]:
         """A connection came back. Returns (waiter to wake, whether to close the connection).
 
         ``usable=False`` means the adapter found it invalidated or detached: it
@@ -281,6 +296,9 @@ class PoolCore(Generic[C]):
         """
         self.leased.pop(slot.id, None)
         slot.last_used = now
+        if usable and not self.waiters and now < slot.expires_at and not self.closed:
+            self.idle.append(slot)  # _place(), inlined for the common case
+            return None, False
         if not usable:
             self.size -= 1
             self.counters[S.CONNECTIONS_INVALIDATED] += 1

@@ -14,7 +14,7 @@ import os
 import socket
 import weakref
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import event
 
@@ -119,6 +119,42 @@ def is_permanent_connect_error(err: BaseException) -> bool:
     return any(marker in text for marker in _PERMANENT_PG)
 
 
+#: how each server family states the connections one client may open, as one row of
+#: numbers; NULL or a non-positive number means "no limit" from that setting
+_LIMIT_QUERIES = {
+    "postgresql": (
+        "SELECT current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+        " - coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0),"
+        " (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user)"
+    ),
+    "mysql": "SELECT @@max_connections, @@max_user_connections",
+    "mariadb": "SELECT @@max_connections, @@max_user_connections",
+}
+
+
+def server_connection_limit(dialect: Any, dbapi_conn: Any) -> int | None:
+    """The most connections this client may open on the server (None: unknown or none).
+
+    PostgreSQL: ``max_connections`` less the reserved slots, and the role's
+    ``CONNECTION LIMIT``; MySQL/MariaDB: ``max_connections`` and
+    ``max_user_connections``. Run once, on a connection not yet handed out;
+    a transaction it opened is rolled back.
+    """
+    query = _LIMIT_QUERIES.get(getattr(dialect, "name", ""))
+    if query is None or dbapi_conn is None:
+        return None
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(query)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+        dbapi_conn.rollback()
+    limits = [int(v) for v in (row or ()) if v is not None and int(v) > 0]
+    return min(limits) if limits else None
+
+
 def install_statement_hook(dialect: Any, note: Callable[[Any, str], None]) -> None:
     """Call ``note(pool_record, statement)`` before each statement an engine runs."""
     if not _first_time(dialect, "statements"):
@@ -135,22 +171,39 @@ def install_statement_hook(dialect: Any, note: Callable[[Any, str], None]) -> No
         event.listen(dialect, name, _record)
 
 
-def socket_fd(dbapi_conn: Any) -> int | None:
-    """The connection's socket descriptor, for drivers that expose one (not sqlite)."""
-    sock = getattr(dbapi_conn, "_sock", None)  # PyMySQL
-    if sock is not None:
-        try:
-            return cast(int, sock.fileno())
-        except (OSError, ValueError):
-            return None
-    fileno = getattr(dbapi_conn, "fileno", None)  # psycopg2, psycopg, mysqlclient
-    if fileno is None:
+def _fd(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _transport_fd(transport: Any) -> int | None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return _fd(sock.fileno()) if sock is not None else None
+
+
+#: driver name -> how to reach the socket of one of its (SQLAlchemy-adapted) connections
+_SOCKETS: dict[str, Callable[[Any], int | None]] = {
+    "psycopg2": lambda c: _fd(c.fileno()),
+    "psycopg": lambda c: _fd(c.fileno() if hasattr(c, "fileno") else c._connection.fileno()),
+    "mysqldb": lambda c: _fd(c.fileno()),
+    "pymysql": lambda c: _fd(c._sock.fileno()) if c._sock is not None else None,
+    "asyncpg": lambda c: _transport_fd(c._connection._transport),
+    "aiomysql": lambda c: _transport_fd(getattr(c._connection._writer, "transport", None)),
+}
+
+
+def socket_fd(dialect: Any, dbapi_conn: Any) -> int | None:
+    """The connection's socket descriptor, for drivers known to have one (not sqlite).
+
+    Used for the non-blocking liveness look before a checkout and to cut a
+    hung validation off; only a driver listed in ``_SOCKETS`` is asked.
+    """
+    reach = _SOCKETS.get(getattr(dialect, "driver", ""))
+    if reach is None or dbapi_conn is None:
         return None
     try:
-        fd = fileno()
-    except Exception:
+        return reach(dbapi_conn)
+    except Exception:  # closed, or a driver version that hides it: no look, no watchdog
         return None
-    return fd if isinstance(fd, int) and fd >= 0 else None
 
 
 def abort_socket(fd: int) -> None:

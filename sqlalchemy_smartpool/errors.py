@@ -75,6 +75,10 @@ class PoolClosedError(PoolError):
     """The pool was closed for good; no checkout is possible."""
 
 
+class WrongEventLoop(PoolError, RuntimeError):
+    """An asyncio pool was used from another event loop than its connections' (or from none)."""
+
+
 class DatabaseUnavailable(Exception):
     """The ``orig`` of a circuit-open error when no connect error was recorded."""
 

@@ -7,6 +7,7 @@ Capturing a stack costs microseconds, so it only happens when
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -67,7 +68,17 @@ def capture() -> Lease:
             frames.append((filename, f.f_lineno, code.co_name))
         f = f.f_back
     frames.reverse()
-    return Lease(threading.current_thread().name, tuple(frames))
+    return Lease(_holder(), tuple(frames))
+
+
+def _holder() -> str:
+    """The thread, and the asyncio task when there is one (an asyncio pool's checkout)."""
+    thread = threading.current_thread().name
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: a thread
+        return thread
+    return thread if task is None else f"{thread}, task {task.get_name()}"
 
 
 def describe(slots: Iterable[Any], now: float) -> list[LeakInfo]:

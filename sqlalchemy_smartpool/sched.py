@@ -1,4 +1,6 @@
-"""The housekeeper: the one owner of a pool's timed and background work.
+"""The housekeeper: the one owner of a pool's timed and background work (threads).
+
+This is the engine's :class:`~.engine.Runtime` for threaded pools.
 
 One timer thread keeps a heap of deadlines (the periodic tick, validation
 watchdogs, breaker probes) and never blocks on I/O; blocking jobs (connect,
@@ -17,10 +19,30 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
+
+from .core import Waiter
 
 logger = logging.getLogger("sqlalchemy_smartpool.sched")
 
 _STOP = object()
+
+
+class ThreadWaiter(Waiter[Any]):
+    """A queued thread, parked on its own pre-acquired lock (released to wake it)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, since: float) -> None:
+        super().__init__(since)
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=max(timeout, 0.0))
 
 
 class Timer:
@@ -165,6 +187,17 @@ class Housekeeper:
                 job()  # type: ignore[operator]
             except Exception:
                 logger.exception("pool %s: background job failed", self.name)
+
+    # -- waiting ----------------------------------------------------------------------
+
+    def new_waiter(self, since: float) -> ThreadWaiter:
+        return ThreadWaiter(since)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def check_caller(self) -> None:
+        """Any thread may use a threaded pool."""
 
     # -- lifecycle --------------------------------------------------------------------
 

@@ -156,6 +156,8 @@ class PoolStats:
     wait_sum: float = 0.0
     #: closed for good by ``close()``
     closed: bool = False
+    #: the server's connection limit for this client, read at the first connect (None: unknown)
+    server_max_connections: int | None = None
 
     # Short names the issue and most dashboards use.
     @property
@@ -207,6 +209,7 @@ class PoolStats:
             "wait_max": self.wait_max,
             "wait_sum": self.wait_sum,
             "closed": self.closed,
+            "server_max_connections": self.server_max_connections,
         }
         out.update(self.counters)
         return out

@@ -338,7 +338,7 @@ def test_connect_submitted_as_dispose_stops_housekeeper_is_not_lost(pg: Any) -> 
     engine = pg(min_size=0, max_size=1, acquire_timeout=1.5)
     pool = engine.pool
     pool.wait(timeout=15)  # starts the housekeeper (nothing to prewarm)
-    hk = pool._hk
+    hk = pool._engine._rt
     submit = hk.submit
 
     def dispose_wins_the_race(fn: Any) -> None:

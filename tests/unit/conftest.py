@@ -58,8 +58,11 @@ def clock() -> FakeClock:
 def make_core(clock: FakeClock) -> Callable[..., PoolCore[Conn]]:
     """Build a PoolCore on the fake clock; keywords are PoolConfig fields (breaker ones as breaker_<x>)."""
 
-    def make(**settings: Any) -> PoolCore[Conn]:
+    def make(*, refill: bool = True, **settings: Any) -> PoolCore[Conn]:
+        """``refill``: a pool that has connected before (refills min_size on its own)."""
         config = PoolConfig(**CORE_DEFAULTS).replace(**settings)
-        return PoolCore(config, clock, name="unit", rng=random.Random(1234))
+        core: PoolCore[Conn] = PoolCore(config, clock, name="unit", rng=random.Random(1234))
+        core.refill = refill
+        return core
 
     return make

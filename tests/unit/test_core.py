@@ -218,6 +218,28 @@ def test_connect_succeeded_serves_the_longest_waiter(make_core: MakeCore, clock:
     assert core.in_use == 2 and counters(core)[S.CONNECTIONS_CREATED] == 2
 
 
+def test_a_new_pool_dials_only_for_waiters_until_a_connect_worked(
+    make_core: MakeCore, clock: FakeClock
+) -> None:
+    core = make_core(refill=False, min_size=3, max_concurrent_connects=3)
+    assert core.plan_connects(clock()) == 0, "nobody asked: no connect"
+    core.add_waiter(Waiter(clock()))
+    assert core.plan_connects(clock()) == 1, "one for the waiter, no prewarm yet"
+    connect(core, clock)
+    assert core.refill
+    assert core.plan_connects(clock()) == 2, "it worked: now restore min_size"
+
+
+def test_a_permanent_connect_error_stops_refilling(make_core: MakeCore, clock: FakeClock) -> None:
+    core = make_core(min_size=3, max_concurrent_connects=3)
+    assert core.plan_connects(clock()) == 3
+    core.connect_failed(RuntimeError("password authentication failed"), clock(), permanent=True)
+    assert not core.refill
+    fail_connect(core, clock)
+    fail_connect(core, clock)
+    assert core.plan_connects(clock()) == 0, "an unused pool dials nobody after a permanent error"
+
+
 def test_connect_succeeded_without_waiters_parks_idle(make_core: MakeCore, clock: FakeClock) -> None:
     core = make_core(min_size=1)
     assert core.plan_connects(clock()) == 1
