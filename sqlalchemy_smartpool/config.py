@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
@@ -24,6 +25,18 @@ ENV_PREFIX = "SMARTPOOL_"
 #: Prefix of the URL query keys read by the ``smartpool`` engine plugin.
 URL_PREFIX = "smartpool_"
 
+#: Longest accepted duration in seconds (~11.6 days): beyond any sane timeout,
+#: interval or lifetime, and within what threading's waits accept.
+MAX_SECONDS: float = min(1_000_000.0, threading.TIMEOUT_MAX)
+#: Most connections a pool may keep, or open at once.
+MAX_CONNECTIONS = 100_000
+#: Ceiling of the other counts (waiters, breaker thresholds).
+MAX_COUNT = 1_000_000
+#: Most extra attempts of a failed connect.
+MAX_RETRIES = 100
+#: Largest breaker backoff multiplier.
+MAX_MULTIPLIER = 100.0
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -32,28 +45,39 @@ def _check_number(
     name: str,
     value: Any,
     *,
+    minimum: float,
+    maximum: float,
     integer: bool = False,
-    minimum: float | None = None,
-    maximum: float | None = None,
     allow_none: bool = False,
     strict_min: bool = False,
 ) -> None:
-    if value is None:
-        if allow_none:
-            return
-        raise ConfigError(name, value, "a value is required")
+    if value is None and allow_none:
+        return
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         kind = "an integer" if integer else "a number"
-        raise ConfigError(name, value, f"must be {kind}")
-    if not integer and not math.isfinite(value):
+        raise ConfigError(name, value, f"must be {kind}{' or None' if allow_none else ''}")
+    if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(name, value, "must be finite")
-    if minimum is not None:
-        if strict_min and value <= minimum:
-            raise ConfigError(name, value, f"must be > {minimum:g}")
-        if not strict_min and value < minimum:
-            raise ConfigError(name, value, f"must be >= {minimum:g}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(name, value, f"must be <= {maximum:g}")
+    if value < minimum or (strict_min and value == minimum):
+        raise ConfigError(name, value, f"must be {'>' if strict_min else '>='} {minimum:.15g}")
+    if value > maximum:
+        raise ConfigError(name, value, f"must be <= {maximum:.15g}")
+
+
+def _seconds(name: str, value: Any, *, zero: bool = False, optional: bool = False) -> None:
+    """A duration: finite, > 0 (>= 0 with ``zero``), at most :data:`MAX_SECONDS`."""
+    _check_number(
+        name, value, minimum=0, maximum=MAX_SECONDS, strict_min=not zero, allow_none=optional
+    )
+
+
+def _count(name: str, value: Any, minimum: int, maximum: int) -> None:
+    _check_number(name, value, integer=True, minimum=minimum, maximum=maximum)
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(name, value, "must be a bool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +107,8 @@ class CircuitBreakerConfig:
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ConfigError("breaker.enabled", self.enabled, "must be a bool")
-        _check_number("breaker.failure_threshold", self.failure_threshold, integer=True, minimum=1)
+        _flag("breaker.enabled", self.enabled)
+        _count("breaker.failure_threshold", self.failure_threshold, 1, MAX_COUNT)
         _check_number(
             "breaker.failure_ratio",
             self.failure_ratio,
@@ -94,25 +117,28 @@ class CircuitBreakerConfig:
             allow_none=True,
             strict_min=True,
         )
-        _check_number("breaker.ratio_window", self.ratio_window, minimum=0, strict_min=True)
-        _check_number("breaker.ratio_min_calls", self.ratio_min_calls, integer=True, minimum=1)
-        _check_number("breaker.backoff_initial", self.backoff_initial, minimum=0, strict_min=True)
-        _check_number("breaker.backoff_max", self.backoff_max, minimum=0, strict_min=True)
+        _seconds("breaker.ratio_window", self.ratio_window)
+        _count("breaker.ratio_min_calls", self.ratio_min_calls, 1, MAX_COUNT)
+        _seconds("breaker.backoff_initial", self.backoff_initial)
+        _seconds("breaker.backoff_max", self.backoff_max)
         if self.backoff_max < self.backoff_initial:
             raise ConfigError(
                 "breaker.backoff_max",
                 self.backoff_max,
                 f"must be >= breaker.backoff_initial ({self.backoff_initial!r})",
             )
-        _check_number("breaker.backoff_multiplier", self.backoff_multiplier, minimum=1)
-        _check_number("breaker.jitter", self.jitter, minimum=0, maximum=1, strict_min=False)
+        _check_number(
+            "breaker.backoff_multiplier", self.backoff_multiplier, minimum=1, maximum=MAX_MULTIPLIER
+        )
+        _check_number("breaker.jitter", self.jitter, minimum=0, maximum=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class PoolConfig:
     """Every SmartPool setting, with the default a production service should start from.
 
-    Durations are seconds (floats). ``None`` turns an optional behaviour off.
+    Durations are seconds (floats), at most :data:`MAX_SECONDS`. ``None`` turns
+    an optional behaviour off.
     """
 
     #: Connections kept open even when idle; opened in the background at start.
@@ -160,53 +186,39 @@ class PoolConfig:
     breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
 
     def __post_init__(self) -> None:
-        _check_number("min_size", self.min_size, integer=True, minimum=0)
-        _check_number("max_size", self.max_size, integer=True, minimum=1)
+        _count("min_size", self.min_size, 0, MAX_CONNECTIONS)
+        _count("max_size", self.max_size, 1, MAX_CONNECTIONS)
         if self.min_size > self.max_size:
-            raise ConfigError(
-                "min_size", self.min_size, f"must be <= max_size ({self.max_size!r})"
-            )
-        _check_number("acquire_timeout", self.acquire_timeout, minimum=0)
-        _check_number("idle_timeout", self.idle_timeout, minimum=0, strict_min=True)
-        _check_number("max_lifetime", self.max_lifetime, minimum=0, strict_min=True, allow_none=True)
+            raise ConfigError("min_size", self.min_size, f"must be <= max_size ({self.max_size!r})")
+        _seconds("acquire_timeout", self.acquire_timeout, zero=True)
+        _seconds("idle_timeout", self.idle_timeout)
+        _seconds("max_lifetime", self.max_lifetime, optional=True)
         _check_number("lifetime_jitter", self.lifetime_jitter, minimum=0, maximum=0.5)
-        _check_number(
-            "keepalive_interval", self.keepalive_interval, minimum=0, strict_min=True, allow_none=True
-        )
+        _seconds("keepalive_interval", self.keepalive_interval, optional=True)
         if self.reuse not in REUSE_STRATEGIES:
             raise ConfigError("reuse", self.reuse, f"must be one of {', '.join(REUSE_STRATEGIES)}")
-        if not isinstance(self.validate_on_checkout, bool):
-            raise ConfigError("validate_on_checkout", self.validate_on_checkout, "must be a bool")
-        _check_number("validation_interval", self.validation_interval, minimum=0)
+        _flag("validate_on_checkout", self.validate_on_checkout)
+        _seconds("validation_interval", self.validation_interval, zero=True)
         if self.validation_query is not None and (
             not isinstance(self.validation_query, str) or not self.validation_query.strip()
         ):
             raise ConfigError("validation_query", self.validation_query, "must be non-empty SQL")
-        _check_number("validation_timeout", self.validation_timeout, minimum=0, strict_min=True)
-        _check_number("max_waiting", self.max_waiting, integer=True, minimum=0)
-        _check_number("max_concurrent_connects", self.max_concurrent_connects, integer=True, minimum=1)
-        _check_number(
-            "connect_timeout", self.connect_timeout, minimum=0, strict_min=True, allow_none=True
-        )
-        _check_number("retry_attempts", self.retry_attempts, integer=True, minimum=0)
-        _check_number("retry_backoff_initial", self.retry_backoff_initial, minimum=0)
-        _check_number("retry_backoff_max", self.retry_backoff_max, minimum=0)
+        _seconds("validation_timeout", self.validation_timeout)
+        _count("max_waiting", self.max_waiting, 0, MAX_COUNT)
+        _count("max_concurrent_connects", self.max_concurrent_connects, 1, MAX_CONNECTIONS)
+        _seconds("connect_timeout", self.connect_timeout, optional=True)
+        _count("retry_attempts", self.retry_attempts, 0, MAX_RETRIES)
+        _seconds("retry_backoff_initial", self.retry_backoff_initial, zero=True)
+        _seconds("retry_backoff_max", self.retry_backoff_max, zero=True)
         if self.retry_backoff_max < self.retry_backoff_initial:
             raise ConfigError(
                 "retry_backoff_max",
                 self.retry_backoff_max,
                 f"must be >= retry_backoff_initial ({self.retry_backoff_initial!r})",
             )
-        _check_number(
-            "leak_detection_threshold",
-            self.leak_detection_threshold,
-            minimum=0,
-            strict_min=True,
-            allow_none=True,
-        )
-        _check_number("housekeeping_interval", self.housekeeping_interval, minimum=0, strict_min=True)
-        if not isinstance(self.track_wait_times, bool):
-            raise ConfigError("track_wait_times", self.track_wait_times, "must be a bool")
+        _seconds("leak_detection_threshold", self.leak_detection_threshold, optional=True)
+        _seconds("housekeeping_interval", self.housekeeping_interval)
+        _flag("track_wait_times", self.track_wait_times)
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigError("name", self.name, "must be a string")
         if not isinstance(self.breaker, CircuitBreakerConfig):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import traceback
 from typing import Any
 
@@ -16,6 +17,8 @@ from sqlalchemy import create_engine
 
 from sqlalchemy_smartpool import SmartPool
 from sqlalchemy_smartpool.config import (
+    MAX_CONNECTIONS,
+    MAX_SECONDS,
     CircuitBreakerConfig,
     PoolConfig,
     coerce_setting,
@@ -510,3 +513,83 @@ def test_config_error_through_url_never_shows_the_password() -> None:
     assert_names(info.value, "max_size", "x")
     rendered = "".join(traceback.format_exception(info.value)) + repr(info.value) + repr(info.value.args)
     assert "s3cret" not in rendered
+
+
+# -- ranges: every numeric setting is bounded at construction ----------------------------
+
+DURATIONS = [
+    "acquire_timeout", "idle_timeout", "max_lifetime", "keepalive_interval", "validation_interval",
+    "validation_timeout", "connect_timeout", "retry_backoff_initial", "retry_backoff_max",
+    "leak_detection_threshold", "housekeeping_interval",
+]  # fmt: skip
+BREAKER_DURATIONS = ["ratio_window", "backoff_initial", "backoff_max"]
+
+
+def test_every_duration_field_is_listed() -> None:
+    floats = {n for n, t in field_types().items() if t.startswith("float") and "jitter" not in n}
+    floats -= {"breaker_failure_ratio", "breaker_backoff_multiplier"}
+    assert floats == set(DURATIONS) | {f"breaker_{n}" for n in BREAKER_DURATIONS}
+
+
+@pytest.mark.parametrize("value", [1e300, MAX_SECONDS * 1.5, 10**400], ids=["1e300", "cap+50%", "10**400"])
+@pytest.mark.parametrize("field", DURATIONS)
+def test_durations_are_capped(field: str, value: float) -> None:
+    """1e300 passed construction and raised OverflowError at the first checkout (Lock.acquire)."""
+    settings = {field: value}
+    if field == "retry_backoff_initial":
+        settings["retry_backoff_max"] = value
+    with pytest.raises(ConfigError) as info:
+        PoolConfig(**settings)
+    assert_names(info.value, field, value)
+    assert f"<= {MAX_SECONDS:.15g}" in str(info.value)
+
+
+@pytest.mark.parametrize("field", BREAKER_DURATIONS)
+def test_breaker_durations_are_capped(field: str) -> None:
+    settings = {field: 1e300}
+    if field == "backoff_initial":
+        settings["backoff_max"] = 1e300
+    with pytest.raises(ConfigError) as info:
+        CircuitBreakerConfig(**settings)
+    assert_names(info.value, f"breaker.{field}", 1e300)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("min_size", MAX_CONNECTIONS + 1), ("max_size", MAX_CONNECTIONS + 1), ("max_size", 10**400),
+        ("max_concurrent_connects", MAX_CONNECTIONS + 1), ("max_waiting", 10**7), ("retry_attempts", 101),
+    ],
+    ids=lambda v: "10**400" if v == 10**400 else None,
+)  # fmt: skip
+def test_counts_are_capped(field: str, value: int) -> None:
+    settings = {field: value, "max_size": MAX_CONNECTIONS} if field == "min_size" else {field: value}
+    with pytest.raises(ConfigError) as info:
+        PoolConfig(**settings)
+    assert_names(info.value, field, value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("failure_threshold", 10**7), ("ratio_min_calls", 10**7), ("backoff_multiplier", 101.0)],
+)
+def test_breaker_counts_are_capped(field: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        CircuitBreakerConfig(**{field: value})
+    assert_names(info.value, f"breaker.{field}", value)
+
+
+def test_realistic_large_values_are_accepted() -> None:
+    week = 7 * 24 * 3600.0
+    config = PoolConfig(
+        max_lifetime=week,
+        idle_timeout=24 * 3600.0,
+        acquire_timeout=MAX_SECONDS,
+        leak_detection_threshold=MAX_SECONDS,
+        min_size=MAX_CONNECTIONS,
+        max_size=MAX_CONNECTIONS,
+        breaker=CircuitBreakerConfig(backoff_max=3600.0, ratio_window=week),
+    )
+    assert config.max_lifetime == week and config.max_size == MAX_CONNECTIONS
+    lock = threading.Lock()  # the checkout wait: must not overflow at the cap
+    assert lock.acquire(timeout=config.acquire_timeout)
