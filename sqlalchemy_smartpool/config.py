@@ -41,6 +41,58 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+class _DefaultInt(int):
+    """A defaulted limit: it follows the other limit of its pair when only that one was given.
+
+    ``max_size=3`` alone then lowers ``min_size`` (default 5) to 3 instead of
+    failing on a value the user never wrote. Equal to a plain int everywhere.
+    """
+
+
+class _DefaultFloat(float):
+    """:class:`_DefaultInt` for durations (backoff_initial / backoff_max)."""
+
+
+def _is_default(value: Any) -> bool:
+    return isinstance(value, (_DefaultInt, _DefaultFloat))
+
+
+class LimitOrderError(ConfigError):
+    """Two given limits out of order (``min_size`` above ``max_size``); ``other`` names the second.
+
+    A :class:`ConfigError`; the merge uses ``other`` to say where that one came from.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str, other: str) -> None:
+        super().__init__(field, value, reason)
+        self.other = other
+
+
+def _order(obj: Any, low: str, high: str, *, blame_low: bool, prefix: str = "") -> None:
+    """Keep ``low <= high``: a defaulted limit follows a given one; two given ones must agree."""
+    lo, hi = getattr(obj, low), getattr(obj, high)
+    if lo <= hi:
+        return
+    if _is_default(hi):
+        object.__setattr__(obj, high, type(hi)(lo))
+    elif _is_default(lo):
+        object.__setattr__(obj, low, type(lo)(hi))
+    elif blame_low:
+        raise LimitOrderError(prefix + low, lo, f"must be <= {prefix}{high} ({hi!r})", prefix + high)
+    else:
+        raise LimitOrderError(prefix + high, hi, f"must be >= {prefix}{low} ({lo!r})", prefix + low)
+
+
+def _defaults_anew(obj: Any, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` plus the class default of every unchanged defaulted limit, so it can follow anew."""
+    reset = {
+        f.name: f.default
+        for f in dataclasses.fields(obj)
+        if f.name not in changes and _is_default(getattr(obj, f.name))
+    }
+    return {**reset, **changes}
+
+
 def _check_number(
     name: str,
     value: Any,
@@ -93,7 +145,8 @@ class CircuitBreakerConfig:
     so fleets do not probe in step. The default ceiling of 1 s means a pool
     notices a recovered database within a second, for one connect attempt per
     second per pool while it is down; raise it (the plan allows 30 s) for
-    large fleets.
+    large fleets. A ``backoff_initial`` above the default ``backoff_max``
+    raises that too.
     """
 
     enabled: bool = True
@@ -101,8 +154,8 @@ class CircuitBreakerConfig:
     failure_ratio: float | None = None
     ratio_window: float = 10.0
     ratio_min_calls: int = 10
-    backoff_initial: float = 0.25
-    backoff_max: float = 1.0
+    backoff_initial: float = _DefaultFloat(0.25)
+    backoff_max: float = _DefaultFloat(1.0)
     backoff_multiplier: float = 2.0
     jitter: float = 0.2
 
@@ -121,12 +174,7 @@ class CircuitBreakerConfig:
         _count("breaker.ratio_min_calls", self.ratio_min_calls, 1, MAX_COUNT)
         _seconds("breaker.backoff_initial", self.backoff_initial)
         _seconds("breaker.backoff_max", self.backoff_max)
-        if self.backoff_max < self.backoff_initial:
-            raise ConfigError(
-                "breaker.backoff_max",
-                self.backoff_max,
-                f"must be >= breaker.backoff_initial ({self.backoff_initial!r})",
-            )
+        _order(self, "backoff_initial", "backoff_max", blame_low=False, prefix="breaker.")
         _check_number(
             "breaker.backoff_multiplier", self.backoff_multiplier, minimum=1, maximum=MAX_MULTIPLIER
         )
@@ -138,13 +186,15 @@ class PoolConfig:
     """Every SmartPool setting, with the default a production service should start from.
 
     Durations are seconds (floats), at most :data:`MAX_SECONDS`. ``None`` turns
-    an optional behaviour off.
+    an optional behaviour off. Of a pair of limits (``min_size``/``max_size``,
+    ``retry_backoff_initial``/``retry_backoff_max``), a defaulted one follows
+    the one given: ``PoolConfig(max_size=3).min_size == 3``.
     """
 
     #: Connections kept open even when idle; opened in the background at start.
-    min_size: int = 5
+    min_size: int = _DefaultInt(5)
     #: Hard ceiling of open connections (idle + in use + being opened).
-    max_size: int = 100
+    max_size: int = _DefaultInt(100)
     #: How long a checkout waits for a connection before :class:`PoolTimeout`.
     acquire_timeout: float = 30.0
     #: Idle connections above ``min_size`` are closed after idling this long.
@@ -173,8 +223,8 @@ class PoolConfig:
     connect_timeout: float | None = 10.0
     #: Extra attempts of a connect that failed with a transient error, with backoff and jitter.
     retry_attempts: int = 2
-    retry_backoff_initial: float = 0.05
-    retry_backoff_max: float = 2.0
+    retry_backoff_initial: float = _DefaultFloat(0.05)
+    retry_backoff_max: float = _DefaultFloat(2.0)
     #: A checkout held longer than this is reported as a suspected leak. ``None`` = off.
     leak_detection_threshold: float | None = None
     #: How often the housekeeper wakes for timed work (shrinking, lifetimes, keepalive, leaks).
@@ -188,8 +238,7 @@ class PoolConfig:
     def __post_init__(self) -> None:
         _count("min_size", self.min_size, 0, MAX_CONNECTIONS)
         _count("max_size", self.max_size, 1, MAX_CONNECTIONS)
-        if self.min_size > self.max_size:
-            raise ConfigError("min_size", self.min_size, f"must be <= max_size ({self.max_size!r})")
+        _order(self, "min_size", "max_size", blame_low=True)
         _seconds("acquire_timeout", self.acquire_timeout, zero=True)
         _seconds("idle_timeout", self.idle_timeout)
         _seconds("max_lifetime", self.max_lifetime, optional=True)
@@ -210,12 +259,7 @@ class PoolConfig:
         _count("retry_attempts", self.retry_attempts, 0, MAX_RETRIES)
         _seconds("retry_backoff_initial", self.retry_backoff_initial, zero=True)
         _seconds("retry_backoff_max", self.retry_backoff_max, zero=True)
-        if self.retry_backoff_max < self.retry_backoff_initial:
-            raise ConfigError(
-                "retry_backoff_max",
-                self.retry_backoff_max,
-                f"must be >= retry_backoff_initial ({self.retry_backoff_initial!r})",
-            )
+        _order(self, "retry_backoff_initial", "retry_backoff_max", blame_low=False)
         _seconds("leak_detection_threshold", self.leak_detection_threshold, optional=True)
         _seconds("housekeeping_interval", self.housekeeping_interval)
         _flag("track_wait_times", self.track_wait_times)
@@ -229,11 +273,12 @@ class PoolConfig:
     def replace(self, **changes: Any) -> PoolConfig:
         """A copy with ``changes`` applied (and validated); unknown names raise ConfigError."""
         _reject_unknown(changes)
-        breaker_changes = {k[len("breaker_") :]: v for k, v in changes.items() if k.startswith("breaker_")}
         plain = {k: v for k, v in changes.items() if not k.startswith("breaker_")}
-        if breaker_changes:
-            plain["breaker"] = dataclasses.replace(plain.get("breaker", self.breaker), **breaker_changes)
-        return dataclasses.replace(self, **plain)
+        breaker_changes = {k.removeprefix("breaker_"): v for k, v in changes.items() if k not in plain}
+        breaker = plain.get("breaker", self.breaker)
+        if breaker_changes and isinstance(breaker, CircuitBreakerConfig):
+            plain["breaker"] = dataclasses.replace(breaker, **_defaults_anew(breaker, breaker_changes))
+        return dataclasses.replace(self, **_defaults_anew(self, plain))
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str], *, base: PoolConfig | None = None) -> PoolConfig:

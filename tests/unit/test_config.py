@@ -593,3 +593,42 @@ def test_realistic_large_values_are_accepted() -> None:
     assert config.max_lifetime == week and config.max_size == MAX_CONNECTIONS
     lock = threading.Lock()  # the checkout wait: must not overflow at the cap
     assert lock.acquire(timeout=config.acquire_timeout)
+
+
+# -- one limit given, the other follows ---------------------------------------------------
+
+
+def test_max_size_alone_lowers_the_default_min_size() -> None:
+    assert (PoolConfig(max_size=3).min_size, PoolConfig(max_size=3).max_size) == (3, 3)
+    assert PoolConfig(max_size=7, min_size=0).min_size == 0
+
+
+def test_min_size_alone_raises_the_default_max_size() -> None:
+    config = PoolConfig(min_size=200)
+    assert (config.min_size, config.max_size) == (200, 200)
+
+
+def test_followed_limit_is_a_default_again_after_replace() -> None:
+    assert PoolConfig(max_size=3).replace(max_size=50).min_size == 5
+    assert PoolConfig(min_size=200).replace(min_size=10).max_size == 100
+    assert PoolConfig().replace(max_size=2).min_size == 2
+
+
+def test_given_limits_in_conflict_still_fail_naming_only_given_fields() -> None:
+    with pytest.raises(ConfigError) as info:
+        PoolConfig(max_size=3).replace(min_size=4)
+    assert_names(info.value, "min_size", 4)
+    assert "max_size (3)" in str(info.value)
+
+
+def test_backoff_limits_follow_too() -> None:
+    assert PoolConfig(retry_backoff_initial=3.0).retry_backoff_max == 3.0
+    assert PoolConfig(retry_backoff_max=0.01).retry_backoff_initial == 0.01
+    assert CircuitBreakerConfig(backoff_initial=5.0).backoff_max == 5.0
+    assert CircuitBreakerConfig(backoff_max=0.1).backoff_initial == 0.1
+    assert PoolConfig().replace(breaker_backoff_initial=4.0).breaker.backoff_max == 4.0
+
+
+def test_defaults_compare_and_print_as_plain_numbers() -> None:
+    assert PoolConfig() == PoolConfig(min_size=5, max_size=100, retry_backoff_max=2.0)
+    assert "min_size=5, max_size=100," in repr(PoolConfig())
