@@ -1,17 +1,21 @@
-"""Pool settings: one frozen, validated value object.
+"""Pool settings: one frozen, validated value object, and the merge of every source.
 
 Every field is checked when the object is built, so a misconfigured pool fails
-at construction, never on the 10,000th checkout. Settings that arrive as text
-(URL query, environment) go through :meth:`PoolConfig.from_strings`, which
-coerces each value by its field's type and names the field on failure.
+at construction, never on the 10,000th checkout. Only text sources (URL query,
+environment, :meth:`PoolConfig.from_strings` for files) are parsed by their
+field's type; a Python keyword is taken as given, so ``max_lifetime=""`` is an
+error, not "off". :func:`from_pool_arguments` merges the sources in one
+documented order and names the source of a bad value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal, get_args
 
 from .errors import ConfigError
@@ -24,36 +28,132 @@ ENV_PREFIX = "SMARTPOOL_"
 #: Prefix of the URL query keys read by the ``smartpool`` engine plugin.
 URL_PREFIX = "smartpool_"
 
+#: ``SMARTPOOL_*`` variables that are no pool setting: the project's own (CI, tests,
+#: benchmarks) and names reserved for later. Any other unknown one is an error.
+ENV_NON_SETTINGS: frozenset[str] = frozenset(
+    {
+        "SMARTPOOL_REQUIRE_SERVICES",  # CI: fail, not skip, integration tests without servers
+        "SMARTPOOL_PROFILE",  # reserved
+        "SMARTPOOL_URL_ENCRYPTED",  # reserved
+        "SMARTPOOL_CHAOS_SEED",  # tests/integration/test_chaos.py
+        "SMARTPOOL_SUITE_MIN_SIZE",  # tests/sqlalchemy_suite
+        "SMARTPOOL_SUITE_VALIDATION_INTERVAL",
+        "SMARTPOOL_SA_CACHE",
+        "SMARTPOOL_SA_SDIST",
+        "SMARTPOOL_SA_BACKENDS",
+        "SMARTPOOL_SA_PG_URL",
+        "SMARTPOOL_BENCH_URL",  # benchmarks
+    }
+)
+
+#: Longest accepted duration in seconds (~11.6 days): beyond any sane timeout,
+#: interval or lifetime, and within what threading's waits accept.
+MAX_SECONDS: float = min(1_000_000.0, threading.TIMEOUT_MAX)
+#: Most connections a pool may keep, or open at once.
+MAX_CONNECTIONS = 100_000
+#: Ceiling of the other counts (waiters, breaker thresholds).
+MAX_COUNT = 1_000_000
+#: Most extra attempts of a failed connect.
+MAX_RETRIES = 100
+#: Largest breaker backoff multiplier.
+MAX_MULTIPLIER = 100.0
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+#: setting name -> (value, where it came from)
+Settings = dict[str, tuple[Any, str]]
+
+
+class _DefaultInt(int):
+    """A defaulted limit: it follows the other limit of its pair when only that one was given.
+
+    ``max_size=3`` alone then lowers ``min_size`` (default 5) to 3 instead of
+    failing on a value the user never wrote. Equal to a plain int everywhere.
+    """
+
+
+class _DefaultFloat(float):
+    """:class:`_DefaultInt` for durations (backoff_initial / backoff_max)."""
+
+
+def _is_default(value: Any) -> bool:
+    return isinstance(value, (_DefaultInt, _DefaultFloat))
+
+
+class LimitOrderError(ConfigError):
+    """Two given limits out of order (``min_size`` above ``max_size``); ``other`` names the second.
+
+    A :class:`ConfigError`; the merge uses ``other`` to say where that one came from.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str, other: str) -> None:
+        super().__init__(field, value, reason)
+        self.other = other
+
+
+def _order(obj: Any, low: str, high: str, *, blame_low: bool, prefix: str = "") -> None:
+    """Keep ``low <= high``: a defaulted limit follows a given one; two given ones must agree."""
+    lo, hi = getattr(obj, low), getattr(obj, high)
+    if lo <= hi:
+        return
+    if _is_default(hi):
+        object.__setattr__(obj, high, type(hi)(lo))
+    elif _is_default(lo):
+        object.__setattr__(obj, low, type(lo)(hi))
+    elif blame_low:
+        raise LimitOrderError(prefix + low, lo, f"must be <= {prefix}{high} ({hi!r})", prefix + high)
+    else:
+        raise LimitOrderError(prefix + high, hi, f"must be >= {prefix}{low} ({lo!r})", prefix + low)
+
+
+def _defaults_anew(obj: Any, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` plus the class default of every unchanged defaulted limit, so it can follow anew."""
+    reset = {
+        f.name: f.default
+        for f in dataclasses.fields(obj)
+        if f.name not in changes and _is_default(getattr(obj, f.name))
+    }
+    return {**reset, **changes}
 
 
 def _check_number(
     name: str,
     value: Any,
     *,
+    minimum: float,
+    maximum: float,
     integer: bool = False,
-    minimum: float | None = None,
-    maximum: float | None = None,
     allow_none: bool = False,
     strict_min: bool = False,
 ) -> None:
-    if value is None:
-        if allow_none:
-            return
-        raise ConfigError(name, value, "a value is required")
+    if value is None and allow_none:
+        return
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         kind = "an integer" if integer else "a number"
-        raise ConfigError(name, value, f"must be {kind}")
-    if not integer and not math.isfinite(value):
+        raise ConfigError(name, value, f"must be {kind}{' or None' if allow_none else ''}")
+    if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(name, value, "must be finite")
-    if minimum is not None:
-        if strict_min and value <= minimum:
-            raise ConfigError(name, value, f"must be > {minimum:g}")
-        if not strict_min and value < minimum:
-            raise ConfigError(name, value, f"must be >= {minimum:g}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(name, value, f"must be <= {maximum:g}")
+    if value < minimum or (strict_min and value == minimum):
+        raise ConfigError(name, value, f"must be {'>' if strict_min else '>='} {minimum:.15g}")
+    if value > maximum:
+        raise ConfigError(name, value, f"must be <= {maximum:.15g}")
+
+
+def _seconds(name: str, value: Any, *, zero: bool = False, optional: bool = False) -> None:
+    """A duration: finite, > 0 (>= 0 with ``zero``), at most :data:`MAX_SECONDS`."""
+    _check_number(
+        name, value, minimum=0, maximum=MAX_SECONDS, strict_min=not zero, allow_none=optional
+    )
+
+
+def _count(name: str, value: Any, minimum: int, maximum: int) -> None:
+    _check_number(name, value, integer=True, minimum=minimum, maximum=maximum)
+
+
+def _flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(name, value, "must be a bool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +169,8 @@ class CircuitBreakerConfig:
     so fleets do not probe in step. The default ceiling of 1 s means a pool
     notices a recovered database within a second, for one connect attempt per
     second per pool while it is down; raise it (the plan allows 30 s) for
-    large fleets.
+    large fleets. A ``backoff_initial`` above the default ``backoff_max``
+    raises that too.
     """
 
     enabled: bool = True
@@ -77,15 +178,14 @@ class CircuitBreakerConfig:
     failure_ratio: float | None = None
     ratio_window: float = 10.0
     ratio_min_calls: int = 10
-    backoff_initial: float = 0.25
-    backoff_max: float = 1.0
+    backoff_initial: float = _DefaultFloat(0.25)
+    backoff_max: float = _DefaultFloat(1.0)
     backoff_multiplier: float = 2.0
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ConfigError("breaker.enabled", self.enabled, "must be a bool")
-        _check_number("breaker.failure_threshold", self.failure_threshold, integer=True, minimum=1)
+        _flag("breaker.enabled", self.enabled)
+        _count("breaker.failure_threshold", self.failure_threshold, 1, MAX_COUNT)
         _check_number(
             "breaker.failure_ratio",
             self.failure_ratio,
@@ -94,31 +194,31 @@ class CircuitBreakerConfig:
             allow_none=True,
             strict_min=True,
         )
-        _check_number("breaker.ratio_window", self.ratio_window, minimum=0, strict_min=True)
-        _check_number("breaker.ratio_min_calls", self.ratio_min_calls, integer=True, minimum=1)
-        _check_number("breaker.backoff_initial", self.backoff_initial, minimum=0, strict_min=True)
-        _check_number("breaker.backoff_max", self.backoff_max, minimum=0, strict_min=True)
-        if self.backoff_max < self.backoff_initial:
-            raise ConfigError(
-                "breaker.backoff_max",
-                self.backoff_max,
-                f"must be >= breaker.backoff_initial ({self.backoff_initial!r})",
-            )
-        _check_number("breaker.backoff_multiplier", self.backoff_multiplier, minimum=1)
-        _check_number("breaker.jitter", self.jitter, minimum=0, maximum=1, strict_min=False)
+        _seconds("breaker.ratio_window", self.ratio_window)
+        _count("breaker.ratio_min_calls", self.ratio_min_calls, 1, MAX_COUNT)
+        _seconds("breaker.backoff_initial", self.backoff_initial)
+        _seconds("breaker.backoff_max", self.backoff_max)
+        _order(self, "backoff_initial", "backoff_max", blame_low=False, prefix="breaker.")
+        _check_number(
+            "breaker.backoff_multiplier", self.backoff_multiplier, minimum=1, maximum=MAX_MULTIPLIER
+        )
+        _check_number("breaker.jitter", self.jitter, minimum=0, maximum=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class PoolConfig:
     """Every SmartPool setting, with the default a production service should start from.
 
-    Durations are seconds (floats). ``None`` turns an optional behaviour off.
+    Durations are seconds (floats), at most :data:`MAX_SECONDS`. ``None`` turns
+    an optional behaviour off. Of a pair of limits (``min_size``/``max_size``,
+    ``retry_backoff_initial``/``retry_backoff_max``), a defaulted one follows
+    the one given: ``PoolConfig(max_size=3).min_size == 3``.
     """
 
     #: Connections kept open even when idle; opened in the background at start.
-    min_size: int = 5
+    min_size: int = _DefaultInt(5)
     #: Hard ceiling of open connections (idle + in use + being opened).
-    max_size: int = 100
+    max_size: int = _DefaultInt(100)
     #: How long a checkout waits for a connection before :class:`PoolTimeout`.
     acquire_timeout: float = 30.0
     #: Idle connections above ``min_size`` are closed after idling this long.
@@ -147,8 +247,8 @@ class PoolConfig:
     connect_timeout: float | None = 10.0
     #: Extra attempts of a connect that failed with a transient error, with backoff and jitter.
     retry_attempts: int = 2
-    retry_backoff_initial: float = 0.05
-    retry_backoff_max: float = 2.0
+    retry_backoff_initial: float = _DefaultFloat(0.05)
+    retry_backoff_max: float = _DefaultFloat(2.0)
     #: A checkout held longer than this is reported as a suspected leak. ``None`` = off.
     leak_detection_threshold: float | None = None
     #: How often the housekeeper wakes for timed work (shrinking, lifetimes, keepalive, leaks).
@@ -160,53 +260,33 @@ class PoolConfig:
     breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
 
     def __post_init__(self) -> None:
-        _check_number("min_size", self.min_size, integer=True, minimum=0)
-        _check_number("max_size", self.max_size, integer=True, minimum=1)
-        if self.min_size > self.max_size:
-            raise ConfigError(
-                "min_size", self.min_size, f"must be <= max_size ({self.max_size!r})"
-            )
-        _check_number("acquire_timeout", self.acquire_timeout, minimum=0)
-        _check_number("idle_timeout", self.idle_timeout, minimum=0, strict_min=True)
-        _check_number("max_lifetime", self.max_lifetime, minimum=0, strict_min=True, allow_none=True)
+        _count("min_size", self.min_size, 0, MAX_CONNECTIONS)
+        _count("max_size", self.max_size, 1, MAX_CONNECTIONS)
+        _order(self, "min_size", "max_size", blame_low=True)
+        _seconds("acquire_timeout", self.acquire_timeout, zero=True)
+        _seconds("idle_timeout", self.idle_timeout)
+        _seconds("max_lifetime", self.max_lifetime, optional=True)
         _check_number("lifetime_jitter", self.lifetime_jitter, minimum=0, maximum=0.5)
-        _check_number(
-            "keepalive_interval", self.keepalive_interval, minimum=0, strict_min=True, allow_none=True
-        )
+        _seconds("keepalive_interval", self.keepalive_interval, optional=True)
         if self.reuse not in REUSE_STRATEGIES:
             raise ConfigError("reuse", self.reuse, f"must be one of {', '.join(REUSE_STRATEGIES)}")
-        if not isinstance(self.validate_on_checkout, bool):
-            raise ConfigError("validate_on_checkout", self.validate_on_checkout, "must be a bool")
-        _check_number("validation_interval", self.validation_interval, minimum=0)
+        _flag("validate_on_checkout", self.validate_on_checkout)
+        _seconds("validation_interval", self.validation_interval, zero=True)
         if self.validation_query is not None and (
             not isinstance(self.validation_query, str) or not self.validation_query.strip()
         ):
             raise ConfigError("validation_query", self.validation_query, "must be non-empty SQL")
-        _check_number("validation_timeout", self.validation_timeout, minimum=0, strict_min=True)
-        _check_number("max_waiting", self.max_waiting, integer=True, minimum=0)
-        _check_number("max_concurrent_connects", self.max_concurrent_connects, integer=True, minimum=1)
-        _check_number(
-            "connect_timeout", self.connect_timeout, minimum=0, strict_min=True, allow_none=True
-        )
-        _check_number("retry_attempts", self.retry_attempts, integer=True, minimum=0)
-        _check_number("retry_backoff_initial", self.retry_backoff_initial, minimum=0)
-        _check_number("retry_backoff_max", self.retry_backoff_max, minimum=0)
-        if self.retry_backoff_max < self.retry_backoff_initial:
-            raise ConfigError(
-                "retry_backoff_max",
-                self.retry_backoff_max,
-                f"must be >= retry_backoff_initial ({self.retry_backoff_initial!r})",
-            )
-        _check_number(
-            "leak_detection_threshold",
-            self.leak_detection_threshold,
-            minimum=0,
-            strict_min=True,
-            allow_none=True,
-        )
-        _check_number("housekeeping_interval", self.housekeeping_interval, minimum=0, strict_min=True)
-        if not isinstance(self.track_wait_times, bool):
-            raise ConfigError("track_wait_times", self.track_wait_times, "must be a bool")
+        _seconds("validation_timeout", self.validation_timeout)
+        _count("max_waiting", self.max_waiting, 0, MAX_COUNT)
+        _count("max_concurrent_connects", self.max_concurrent_connects, 1, MAX_CONNECTIONS)
+        _seconds("connect_timeout", self.connect_timeout, optional=True)
+        _count("retry_attempts", self.retry_attempts, 0, MAX_RETRIES)
+        _seconds("retry_backoff_initial", self.retry_backoff_initial, zero=True)
+        _seconds("retry_backoff_max", self.retry_backoff_max, zero=True)
+        _order(self, "retry_backoff_initial", "retry_backoff_max", blame_low=False)
+        _seconds("leak_detection_threshold", self.leak_detection_threshold, optional=True)
+        _seconds("housekeeping_interval", self.housekeeping_interval)
+        _flag("track_wait_times", self.track_wait_times)
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigError("name", self.name, "must be a string")
         if not isinstance(self.breaker, CircuitBreakerConfig):
@@ -217,15 +297,16 @@ class PoolConfig:
     def replace(self, **changes: Any) -> PoolConfig:
         """A copy with ``changes`` applied (and validated); unknown names raise ConfigError."""
         _reject_unknown(changes)
-        breaker_changes = {k[len("breaker_") :]: v for k, v in changes.items() if k.startswith("breaker_")}
         plain = {k: v for k, v in changes.items() if not k.startswith("breaker_")}
-        if breaker_changes:
-            plain["breaker"] = dataclasses.replace(plain.get("breaker", self.breaker), **breaker_changes)
-        return dataclasses.replace(self, **plain)
+        breaker_changes = {k.removeprefix("breaker_"): v for k, v in changes.items() if k not in plain}
+        breaker = plain.get("breaker", self.breaker)
+        if breaker_changes and isinstance(breaker, CircuitBreakerConfig):
+            plain["breaker"] = dataclasses.replace(breaker, **_defaults_anew(breaker, breaker_changes))
+        return dataclasses.replace(self, **_defaults_anew(self, plain))
 
     @classmethod
     def from_strings(cls, values: Mapping[str, str], *, base: PoolConfig | None = None) -> PoolConfig:
-        """Build from text values (URL query, environment), coercing each by its field's type.
+        """Build from text values (URL query, environment, a file), coercing each by its field's type.
 
         Breaker fields are spelled ``breaker_<field>``. The empty string or
         ``none`` turns an optional field off.
@@ -236,16 +317,19 @@ class PoolConfig:
 
     @classmethod
     def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, prefix: str = ENV_PREFIX
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        prefix: str = ENV_PREFIX,
+        allow: Collection[str] = ENV_NON_SETTINGS,
     ) -> PoolConfig:
-        """Build from ``SMARTPOOL_<FIELD>`` environment variables (e.g. ``SMARTPOOL_MAX_SIZE=50``)."""
+        """Build from ``SMARTPOOL_<FIELD>`` environment variables (e.g. ``SMARTPOOL_MAX_SIZE=50``).
+
+        Any other variable with the prefix that is not in ``allow`` is an error:
+        a typo must not leave a pool silently untuned.
+        """
         environ = os.environ if environ is None else environ
-        values = {
-            key[len(prefix) :].lower(): value
-            for key, value in environ.items()
-            if key.startswith(prefix) and key[len(prefix) :].lower() in field_types()
-        }
-        return cls.from_strings(values)
+        return _apply(cls(), _env_settings(environ, prefix=prefix, allow=allow))
 
 
 def field_types() -> dict[str, str]:
@@ -255,18 +339,32 @@ def field_types() -> dict[str, str]:
     return names
 
 
+#: The keywords SmartPool takes for PoolConfig fields (``breaker`` is a CircuitBreakerConfig).
+POOL_KEYWORDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PoolConfig))
+
+
+def _unknown(
+    name: str, value: Any, candidates: Iterable[str], *, key: str | None = None, source: str | None = None
+) -> ConfigError:
+    """An "unknown pool setting" error with the closest known spelling as a hint."""
+    spelled = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches((key or name).lower(), spelled, n=1)
+    hint = f"; did you mean {spelled[close[0]]}?" if close else ""
+    return ConfigError(name, value, f"unknown pool setting{hint}", source=source)
+
+
 def _reject_unknown(changes: Mapping[str, Any]) -> None:
     known = field_types()
     for name, value in changes.items():
         if name not in known and name != "breaker":
-            raise ConfigError(name, value, "unknown pool setting")
+            raise _unknown(name, value, [*known, "breaker"])
 
 
 def coerce_setting(name: str, raw: Any) -> Any:
-    """Turn a text value (URL, env) into its field's type; other values pass through."""
+    """Turn a text value (URL, env, file) into its field's type; other values pass through."""
     types = field_types()
     if name not in types:
-        raise ConfigError(name, raw, "unknown pool setting")
+        raise _unknown(name, raw, types)
     if not isinstance(raw, str):
         return raw
     annotation = types[name]
@@ -292,65 +390,164 @@ def coerce_setting(name: str, raw: Any) -> Any:
     return text
 
 
-#: create_engine() spells these SQLAlchemy pool arguments; each maps onto a PoolConfig field
-_SA_ALIASES = {
-    "pool_size": "min_size",
-    "max_overflow": "max_size",
-    "timeout": "acquire_timeout",
-    "recycle": "max_lifetime",
-    "pre_ping": "validate_on_checkout",
-    "use_lifo": "reuse",
+def _text_setting(
+    name: str, raw: Any, candidates: Iterable[str], *, key: str, source: str
+) -> tuple[Any, str]:
+    """One setting from a text source, coerced by its field's type, errors naming ``source``."""
+    if name not in field_types():
+        raise _unknown(name, raw, candidates, key=key, source=source)
+    try:
+        return coerce_setting(name, raw), source
+    except ConfigError as err:
+        raise ConfigError(err.field, err.value, err.reason, source=source) from None
+
+
+def _env_settings(environ: Mapping[str, str], *, prefix: str, allow: Collection[str]) -> Settings:
+    """The ``<prefix><FIELD>`` variables of ``environ``; an unknown one that is not in ``allow`` raises."""
+    candidates = [prefix + name.upper() for name in field_types()] + sorted(allow)
+    settings: Settings = {}
+    for key, raw in environ.items():
+        if key.startswith(prefix) and key not in allow:
+            name, source = key[len(prefix) :].lower(), f"environment variable {key}"
+            settings[name] = _text_setting(name, raw, candidates, key=key, source=source)
+    return settings
+
+
+def _url_settings(query: Mapping[str, Any]) -> Settings:
+    """The ``smartpool_<field>`` keys of a URL query; an unknown or repeated one raises."""
+    candidates = [URL_PREFIX + name for name in field_types()]
+    settings: Settings = {}
+    for key, raw in query.items():
+        if not key.startswith(URL_PREFIX):
+            continue
+        name, source = key[len(URL_PREFIX) :], f"URL parameter {key}"
+        if not isinstance(raw, str):
+            raise ConfigError(name, raw, "given more than once in the URL", source=source)
+        settings[name] = _text_setting(name, raw, candidates, key=key, source=source)
+    return settings
+
+
+#: SQLAlchemy's pool arguments as SmartPool receives them -> as create_engine() spells them
+SA_POOL_ARGUMENTS = {
+    "pool_size": "pool_size",
+    "max_overflow": "max_overflow",
+    "timeout": "pool_timeout",
+    "recycle": "pool_recycle",
+    "pre_ping": "pool_pre_ping",
+    "use_lifo": "pool_use_lifo",
 }
 
 
+def _sa_settings(sa: Mapping[str, Any]) -> Settings:
+    """SQLAlchemy's pool arguments as SmartPool settings.
+
+    A limit derived from a QueuePool default the app never wrote (max_overflow
+    10, pool_size 5) is a default: it yields to any given limit.
+    """
+
+    def src(*names: str) -> str:
+        args = ", ".join(f"{SA_POOL_ARGUMENTS[n]}={sa[n]!r}" for n in names)
+        return f"create_engine argument{'s' if len(names) > 1 else ''} {args}"
+
+    def bad(name: str, kind: str) -> ConfigError:
+        spelled = SA_POOL_ARGUMENTS[name]
+        return ConfigError(spelled, sa[name], f"must be {kind}", source=f"create_engine argument {spelled}")
+
+    def integer(name: str, default: int) -> int:
+        value = sa.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(name, "an integer")
+        return value
+
+    def flag(name: str) -> bool:
+        if isinstance(sa[name], str):  # "false" is truthy: refuse rather than guess
+            raise bad(name, "a bool")
+        return bool(sa[name])
+
+    out: Settings = {}
+    if "pool_size" in sa or "max_overflow" in sa:
+        size, overflow = integer("pool_size", 5), integer("max_overflow", 10)
+        written = [n for n in ("pool_size", "max_overflow") if n in sa]
+        out["min_size"] = (size if "pool_size" in sa else _DefaultInt(size), src(*written))
+        if size > 0 and overflow >= 0:  # otherwise QueuePool's "no limit": keep SmartPool's ceiling
+            ceiling = size + overflow
+            if "max_overflow" not in sa:
+                ceiling = _DefaultInt(min(ceiling, MAX_CONNECTIONS))
+            out["max_size"] = (ceiling, src(*written))
+    if "timeout" in sa:
+        out["acquire_timeout"] = (sa["timeout"], src("timeout"))
+    if "recycle" in sa:
+        recycle = sa["recycle"]
+        negative = isinstance(recycle, (int, float)) and not isinstance(recycle, bool) and recycle < 0
+        out["max_lifetime"] = (None if recycle is None or negative else recycle, src("recycle"))
+    if "pre_ping" in sa:
+        out["validate_on_checkout"] = (flag("pre_ping"), src("pre_ping"))
+    if "use_lifo" in sa:
+        out["reuse"] = ("lifo" if flag("use_lifo") else "fifo", src("use_lifo"))
+    return out
+
+
 def from_pool_arguments(
-    base: PoolConfig | None, given: dict[str, Any], sa_given: dict[str, Any]
+    base: PoolConfig | None,
+    given: Mapping[str, Any],
+    sa_given: Mapping[str, Any],
+    *,
+    environ: Mapping[str, str] | None = None,
+    url_query: Mapping[str, Any] | None = None,
 ) -> PoolConfig:
-    """Merge pool_config, SmartPool keywords and SQLAlchemy's pool keywords into one config."""
+    """Merge every source of pool settings into one validated config; later sources win.
+
+    Defaults < ``base`` (``pool_config=``) < SQLAlchemy's pool arguments in code
+    (``sa_given``: pool_size, max_overflow, timeout, recycle, pre_ping, use_lifo)
+    < SmartPool keywords in code (``given``) < ``SMARTPOOL_*`` variables of
+    ``environ`` < ``smartpool_*`` keys of ``url_query``. The environment and
+    URL are the operator's knobs, to tune an app without touching its code, so
+    they override code without conflict; a SmartPool keyword and a SQLAlchemy
+    argument that disagree about one field, both in code, are an error unless
+    the operator sets that field. Keywords are never parsed as text.
+    """
     if base is not None and not isinstance(base, PoolConfig):
-        raise ConfigError("pool_config", base, "must be a PoolConfig")
-    config = base or PoolConfig()
-    changes = {k: coerce_setting(k, v) for k, v in given.items() if k != "breaker"}
-    if "breaker" in given:
-        changes["breaker"] = given["breaker"]
-    mapped: dict[str, Any] = {}
-    if "pool_size" in sa_given or "max_overflow" in sa_given:
-        # a missing one takes QueuePool's default, so the app keeps the limits it had
-        size = _sa_int("pool_size", sa_given.get("pool_size", 5))
-        overflow = _sa_int("max_overflow", sa_given.get("max_overflow", 10))
-        mapped["min_size"] = size
-        if "max_overflow" not in sa_given and "max_size" in changes:
-            pass  # an explicit max_size beats QueuePool's default overflow
-        elif size == 0 or overflow < 0:
-            # QueuePool's "no limit": SmartPool always has a ceiling; keep ours
-            mapped["max_size"] = max(size, changes.get("max_size", config.max_size), 1)
-        else:
-            mapped["max_size"] = max(size + overflow, 1)
-    if "timeout" in sa_given:
-        mapped["acquire_timeout"] = sa_given["timeout"]
-    if "recycle" in sa_given:
-        recycle = sa_given["recycle"]
-        mapped["max_lifetime"] = None if recycle is None or recycle < 0 else recycle
-    if "pre_ping" in sa_given:
-        mapped["validate_on_checkout"] = bool(sa_given["pre_ping"])
-    if "use_lifo" in sa_given:
-        mapped["reuse"] = "lifo" if sa_given["use_lifo"] else "fifo"
-    for field, value in mapped.items():
-        if field in changes and changes[field] != value:
-            alias = next(k for k, v in _SA_ALIASES.items() if v == field and k in sa_given)
-            raise ConfigError(
-                field,
-                changes[field],
-                f"conflicts with SQLAlchemy's {alias}={sa_given[alias]!r}; give only one of them",
-            )
-        changes.setdefault(field, value)
-    return config.replace(**changes)
+        raise ConfigError("pool_config", base, "must be a PoolConfig", source="keyword")
+    code: Settings = {name: (value, "keyword") for name, value in given.items()}
+    conflicts: list[ConfigError] = []
+    for name, (value, source) in _sa_settings(sa_given).items():
+        if name not in code:
+            code[name] = (value, source)
+        elif not _is_default(value) and code[name][0] != value:
+            reason = f"conflicts with {source} ({name}={value!r}); give only one of them"
+            conflicts.append(ConfigError(name, code[name][0], reason, source="keyword"))
+    operator = {
+        **_env_settings(environ or {}, prefix=ENV_PREFIX, allow=ENV_NON_SETTINGS),
+        **_url_settings(url_query or {}),
+    }
+    for conflict in conflicts:
+        if conflict.field not in operator:
+            raise conflict
+    return _apply(base or PoolConfig(), {**code, **operator}, base_source="pool_config" if base else None)
 
 
-def _sa_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(name, value, "must be an integer")
+def _apply(base: PoolConfig, settings: Settings, *, base_source: str | None = None) -> PoolConfig:
+    """``base`` with ``settings`` applied; a validation error is re-raised naming its value's source.
+
+    A derived default (QueuePool's overflow) never replaces a limit ``base`` was given.
+    """
+    changes = {
+        name: value
+        for name, (value, _) in settings.items()
+        if not _is_default(value) or _is_default(getattr(base, name))
+    }
     try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(name, value, "must be an integer") from None
+        return base.replace(**changes)
+    except ConfigError as err:
+
+        def where(field: str) -> str | None:  # "breaker.jitter": breaker_jitter, else the breaker object
+            for key in (field.replace("breaker.", "breaker_", 1), field.partition(".")[0]):
+                if key in settings:
+                    return settings[key][1]
+            return base_source
+
+        reason = err.reason
+        other = err.other if isinstance(err, LimitOrderError) else None
+        if other and where(other):
+            reason += f"; {other} is from {where(other)}"
+        raise ConfigError(err.field, err.value, reason, source=where(err.field)) from None

@@ -1,20 +1,22 @@
 """``?plugin=smartpool``: switch an existing app to SmartPool without a code change.
 
-Settings come from ``SMARTPOOL_<FIELD>`` environment variables, then from
-``smartpool_<field>`` URL query keys (which win), then from explicit
-``create_engine`` keywords (which win over both). The plugin strips its keys
-from the URL so the driver never sees them.
+The URL (``smartpool_<field>`` query keys) and ``SMARTPOOL_<FIELD>``
+environment variables are the operator's knobs, so they win over what the
+code says: defaults < ``pool_config=`` < SQLAlchemy pool arguments
+(``pool_size=``, ...) < SmartPool keywords < environment < URL (see
+:func:`~sqlalchemy_smartpool.config.from_pool_arguments`). The plugin strips
+its keys from the URL so the driver never sees them.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sqlalchemy.engine import CreateEnginePlugin
 from sqlalchemy.engine.url import URL
 
-from .config import URL_PREFIX, PoolConfig
-from .errors import ConfigError
+from .config import ENV_PREFIX, POOL_KEYWORDS, SA_POOL_ARGUMENTS, URL_PREFIX, from_pool_arguments
 from .pool import SmartPool
 
 
@@ -23,23 +25,25 @@ class SmartPoolPlugin(CreateEnginePlugin):
 
     def __init__(self, url: URL, kwargs: dict[str, Any]) -> None:
         super().__init__(url, kwargs)
-        self._keys = [k for k in url.query if k.startswith(URL_PREFIX)]
-        settings: dict[str, str] = {}
-        for key in self._keys:
-            value = url.query[key]
-            if not isinstance(value, str):
-                raise ConfigError(key, value, "given more than once in the URL")
-            settings[key[len(URL_PREFIX) :]] = value
-        self._settings = settings
-        self._env = PoolConfig.from_env()
-        PoolConfig.from_strings(settings, base=self._env)  # fail now, at create_engine()
+        self._query = {k: v for k, v in url.query.items() if k.startswith(URL_PREFIX)}
+        self._environ = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+        # fail now, at create_engine(), even if the app then picks another pool class
+        from_pool_arguments(None, {}, {}, environ=self._environ, url_query=self._query)
         kwargs.setdefault("poolclass", SmartPool)
 
     def update_url(self, url: URL) -> URL:
-        return url.difference_update_query(self._keys)
+        return url.difference_update_query(self._query)
 
     def handle_pool_kwargs(self, pool_cls: type, pool_args: dict[str, Any]) -> None:
+        """Merge code, environment and URL into the final ``pool_config``, consuming the keys merged."""
         if not (isinstance(pool_cls, type) and issubclass(pool_cls, SmartPool)):
             return
-        base = pool_args.get("pool_config") or self._env
-        pool_args["pool_config"] = PoolConfig.from_strings(self._settings, base=base)
+        given = {k: pool_args.pop(k) for k in POOL_KEYWORDS if k in pool_args}
+        sa_given = {k: pool_args.pop(k) for k in SA_POOL_ARGUMENTS if k in pool_args}
+        pool_args["pool_config"] = from_pool_arguments(
+            pool_args.pop("pool_config", None),
+            given,
+            sa_given,
+            environ=self._environ,
+            url_query=self._query,
+        )

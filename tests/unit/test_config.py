@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import traceback
 from typing import Any
 
@@ -16,10 +17,14 @@ from sqlalchemy import create_engine
 
 from sqlalchemy_smartpool import SmartPool
 from sqlalchemy_smartpool.config import (
+    ENV_NON_SETTINGS,
+    MAX_CONNECTIONS,
+    MAX_SECONDS,
     CircuitBreakerConfig,
     PoolConfig,
     coerce_setting,
     field_types,
+    from_pool_arguments,
 )
 from sqlalchemy_smartpool.errors import ConfigError
 
@@ -390,8 +395,8 @@ def test_smartpool_constructor_validates() -> None:
     assert_names(info.value, "min_size", 10)
 
 
-def test_smartpool_keywords_override_pool_config_and_coerce_text() -> None:
-    pool = SmartPool(_creator, pool_config=PoolConfig(max_size=9, name="p"), max_size="12", min_size=2)
+def test_smartpool_keywords_override_pool_config() -> None:
+    pool = SmartPool(_creator, pool_config=PoolConfig(max_size=9, name="p"), max_size=12, min_size=2)
     assert (pool.config.max_size, pool.config.min_size, pool.config.name) == (12, 2, "p")
 
 
@@ -487,13 +492,14 @@ def test_plugin_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (config.min_size, config.max_size) == (2, 17)
 
 
-def test_plugin_precedence_env_then_url_then_keywords(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plugin_precedence_keywords_then_env_then_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMARTPOOL_MAX_SIZE", "17")
     monkeypatch.setenv("SMARTPOOL_ACQUIRE_TIMEOUT", "3")
     config = _engine_config("sqlite://?plugin=smartpool&smartpool_max_size=9&smartpool_min_size=1")
     assert (config.min_size, config.max_size, config.acquire_timeout) == (1, 9, 3.0)
+    # the URL and environment are the operator's knobs: they beat the code's keywords
     config = _engine_config("sqlite://?plugin=smartpool&smartpool_max_size=9", max_size=11)
-    assert config.max_size == 11
+    assert config.max_size == 9
 
 
 def test_plugin_rejects_bad_environment_at_create_engine(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -510,3 +516,324 @@ def test_config_error_through_url_never_shows_the_password() -> None:
     assert_names(info.value, "max_size", "x")
     rendered = "".join(traceback.format_exception(info.value)) + repr(info.value) + repr(info.value.args)
     assert "s3cret" not in rendered
+
+
+# -- ranges: every numeric setting is bounded at construction ----------------------------
+
+DURATIONS = [
+    "acquire_timeout", "idle_timeout", "max_lifetime", "keepalive_interval", "validation_interval",
+    "validation_timeout", "connect_timeout", "retry_backoff_initial", "retry_backoff_max",
+    "leak_detection_threshold", "housekeeping_interval",
+]  # fmt: skip
+BREAKER_DURATIONS = ["ratio_window", "backoff_initial", "backoff_max"]
+
+
+def test_every_duration_field_is_listed() -> None:
+    floats = {n for n, t in field_types().items() if t.startswith("float") and "jitter" not in n}
+    floats -= {"breaker_failure_ratio", "breaker_backoff_multiplier"}
+    assert floats == set(DURATIONS) | {f"breaker_{n}" for n in BREAKER_DURATIONS}
+
+
+@pytest.mark.parametrize("value", [1e300, MAX_SECONDS * 1.5, 10**400], ids=["1e300", "cap+50%", "10**400"])
+@pytest.mark.parametrize("field", DURATIONS)
+def test_durations_are_capped(field: str, value: float) -> None:
+    """1e300 passed construction and raised OverflowError at the first checkout (Lock.acquire)."""
+    settings = {field: value}
+    if field == "retry_backoff_initial":
+        settings["retry_backoff_max"] = value
+    with pytest.raises(ConfigError) as info:
+        PoolConfig(**settings)
+    assert_names(info.value, field, value)
+    assert f"<= {MAX_SECONDS:.15g}" in str(info.value)
+
+
+@pytest.mark.parametrize("field", BREAKER_DURATIONS)
+def test_breaker_durations_are_capped(field: str) -> None:
+    settings = {field: 1e300}
+    if field == "backoff_initial":
+        settings["backoff_max"] = 1e300
+    with pytest.raises(ConfigError) as info:
+        CircuitBreakerConfig(**settings)
+    assert_names(info.value, f"breaker.{field}", 1e300)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("min_size", MAX_CONNECTIONS + 1), ("max_size", MAX_CONNECTIONS + 1), ("max_size", 10**400),
+        ("max_concurrent_connects", MAX_CONNECTIONS + 1), ("max_waiting", 10**7), ("retry_attempts", 101),
+    ],
+    ids=lambda v: "10**400" if v == 10**400 else None,
+)  # fmt: skip
+def test_counts_are_capped(field: str, value: int) -> None:
+    settings = {field: value, "max_size": MAX_CONNECTIONS} if field == "min_size" else {field: value}
+    with pytest.raises(ConfigError) as info:
+        PoolConfig(**settings)
+    assert_names(info.value, field, value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("failure_threshold", 10**7), ("ratio_min_calls", 10**7), ("backoff_multiplier", 101.0)],
+)
+def test_breaker_counts_are_capped(field: str, value: Any) -> None:
+    with pytest.raises(ConfigError) as info:
+        CircuitBreakerConfig(**{field: value})
+    assert_names(info.value, f"breaker.{field}", value)
+
+
+def test_realistic_large_values_are_accepted() -> None:
+    week = 7 * 24 * 3600.0
+    config = PoolConfig(
+        max_lifetime=week,
+        idle_timeout=24 * 3600.0,
+        acquire_timeout=MAX_SECONDS,
+        leak_detection_threshold=MAX_SECONDS,
+        min_size=MAX_CONNECTIONS,
+        max_size=MAX_CONNECTIONS,
+        breaker=CircuitBreakerConfig(backoff_max=3600.0, ratio_window=week),
+    )
+    assert config.max_lifetime == week and config.max_size == MAX_CONNECTIONS
+    lock = threading.Lock()  # the checkout wait: must not overflow at the cap
+    assert lock.acquire(timeout=config.acquire_timeout)
+
+
+# -- one limit given, the other follows ---------------------------------------------------
+
+
+def test_max_size_alone_lowers_the_default_min_size() -> None:
+    assert (PoolConfig(max_size=3).min_size, PoolConfig(max_size=3).max_size) == (3, 3)
+    assert PoolConfig(max_size=7, min_size=0).min_size == 0
+
+
+def test_min_size_alone_raises_the_default_max_size() -> None:
+    config = PoolConfig(min_size=200)
+    assert (config.min_size, config.max_size) == (200, 200)
+
+
+def test_followed_limit_is_a_default_again_after_replace() -> None:
+    assert PoolConfig(max_size=3).replace(max_size=50).min_size == 5
+    assert PoolConfig(min_size=200).replace(min_size=10).max_size == 100
+    assert PoolConfig().replace(max_size=2).min_size == 2
+
+
+def test_given_limits_in_conflict_still_fail_naming_only_given_fields() -> None:
+    with pytest.raises(ConfigError) as info:
+        PoolConfig(max_size=3).replace(min_size=4)
+    assert_names(info.value, "min_size", 4)
+    assert "max_size (3)" in str(info.value)
+
+
+def test_backoff_limits_follow_too() -> None:
+    assert PoolConfig(retry_backoff_initial=3.0).retry_backoff_max == 3.0
+    assert PoolConfig(retry_backoff_max=0.01).retry_backoff_initial == 0.01
+    assert CircuitBreakerConfig(backoff_initial=5.0).backoff_max == 5.0
+    assert CircuitBreakerConfig(backoff_max=0.1).backoff_initial == 0.1
+    assert PoolConfig().replace(breaker_backoff_initial=4.0).breaker.backoff_max == 4.0
+
+
+def test_defaults_compare_and_print_as_plain_numbers() -> None:
+    assert PoolConfig() == PoolConfig(min_size=5, max_size=100, retry_backoff_max=2.0)
+    assert "min_size=5, max_size=100," in repr(PoolConfig())
+
+
+# -- keywords are never parsed as text ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_lifetime", "none"), ("max_lifetime", ""), ("connect_timeout", "off"),
+        ("keepalive_interval", "null"), ("max_size", "12"), ("acquire_timeout", "2.5"),
+        ("validate_on_checkout", "false"), ("track_wait_times", "yes"), ("breaker", "off"),
+    ],
+)  # fmt: skip
+def test_text_keyword_for_a_typed_field_is_an_error(field: str, value: str) -> None:
+    """``max_lifetime="none"`` used to turn lifetimes off silently."""
+    with pytest.raises(ConfigError) as info:
+        SmartPool(_creator, **{field: value})
+    assert_names(info.value, field, value)
+    assert info.value.source == "keyword" and "(from keyword)" in str(info.value)
+
+
+def test_text_keywords_for_text_fields_are_fine() -> None:
+    pool = SmartPool(_creator, reuse="fifo", name="x", validation_query="SELECT 1")
+    assert (pool.config.reuse, pool.config.name, pool.config.validation_query) == ("fifo", "x", "SELECT 1")
+
+
+# -- from_pool_arguments: precedence and sources, with plain mappings ---------------------
+
+
+def _merge(
+    base: PoolConfig | None = None,
+    given: dict[str, Any] | None = None,
+    sa: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    url: dict[str, Any] | None = None,
+) -> PoolConfig:
+    return from_pool_arguments(base, given or {}, sa or {}, environ=env, url_query=url)
+
+
+def test_precedence_ladder() -> None:
+    """defaults < pool_config < SQLAlchemy args < SmartPool keywords < environment < URL."""
+    base = PoolConfig(acquire_timeout=1, idle_timeout=2, connect_timeout=4, name="base")
+    sa = {"timeout": 10, "pool_size": 3, "pre_ping": False}
+    given = {"max_size": 20, "connect_timeout": 40, "idle_timeout": 50}
+    env = {"SMARTPOOL_CONNECT_TIMEOUT": "400", "SMARTPOOL_IDLE_TIMEOUT": "500"}
+    url = {"smartpool_idle_timeout": "5000", "other": "kept for the driver"}
+    config = _merge(base, given, sa, env, url)
+    assert config.name == "base"  # only pool_config set it
+    assert config.acquire_timeout == 10  # SQLAlchemy arg > pool_config
+    assert (config.min_size, config.validate_on_checkout) == (3, False)
+    assert config.max_size == 20  # keyword > SQLAlchemy's pool_size + default max_overflow (13)
+    assert (config.connect_timeout, config.idle_timeout) == (400, 5000)  # env > keyword, URL > env
+
+
+def test_same_field_keyword_and_sqlalchemy_conflict_only_in_code() -> None:
+    with pytest.raises(ConfigError) as info:
+        _merge(given={"min_size": 3}, sa={"pool_size": 4})
+    assert_names(info.value, "min_size", 3)
+    assert info.value.source == "keyword" and "pool_size=4" in str(info.value)
+    # the operator settling the field removes the conflict
+    assert _merge(given={"min_size": 3}, sa={"pool_size": 4}, url={"smartpool_min_size": "6"}).min_size == 6
+    assert _merge(given={"min_size": 3}, sa={"pool_size": 4}, env={"SMARTPOOL_MIN_SIZE": "2"}).min_size == 2
+
+
+def test_operator_overrides_mapped_sqlalchemy_values() -> None:
+    """QueuePool's default max_overflow (10) once made pool_size=3 + smartpool_max_size=7 give 13."""
+    for layer in ({"url": {"smartpool_max_size": "7"}}, {"env": {"SMARTPOOL_MAX_SIZE": "7"}}):
+        config = _merge(sa={"pool_size": 3}, **layer)  # type: ignore[arg-type]
+        assert (config.min_size, config.max_size) == (3, 7)
+    config = _merge(
+        sa={"pool_size": 3, "max_overflow": 2, "recycle": 60, "use_lifo": False, "pre_ping": True},
+        url={"smartpool_max_size": "9", "smartpool_max_lifetime": "off", "smartpool_reuse": "lifo"},
+        env={"SMARTPOOL_VALIDATE_ON_CHECKOUT": "false"},
+    )
+    assert (config.max_size, config.max_lifetime, config.reuse) == (9, None, "lifo")
+    assert config.validate_on_checkout is False
+
+
+def test_queuepool_default_overflow_yields_to_every_given_max_size() -> None:
+    assert _merge(sa={"pool_size": 3}).max_size == 13  # the app keeps the limits it had
+    assert _merge(PoolConfig(max_size=20), sa={"pool_size": 3}).max_size == 20
+    assert _merge(sa={"pool_size": 30}, env={"SMARTPOOL_MIN_SIZE": "50"}).max_size == 50
+
+
+def test_max_overflow_alone_with_min_size() -> None:
+    """Used to raise StopIteration (the conflict message looked for a pool_size never given)."""
+    config = _merge(given={"min_size": 3}, sa={"max_overflow": 20})
+    assert (config.min_size, config.max_size) == (3, 25)
+
+
+def test_limits_follow_through_the_merge() -> None:
+    assert _merge(given={"max_size": 3}).min_size == 3
+    assert _merge(url={"smartpool_min_size": "200"}).max_size == 200
+    assert _merge(PoolConfig(max_size=3), url={"smartpool_max_size": "50"}).min_size == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "min_source", "max_source"),
+    [
+        ({"given": {"min_size": 10}, "env": {"SMARTPOOL_MAX_SIZE": "5"}},
+         "keyword", "environment variable SMARTPOOL_MAX_SIZE"),
+        ({"sa": {"pool_size": 30}, "url": {"smartpool_max_size": "7"}},
+         "create_engine argument pool_size=30", "URL parameter smartpool_max_size"),
+        ({"base": PoolConfig(min_size=30), "given": {"max_size": 20}}, "pool_config", "keyword"),
+    ],
+)  # fmt: skip
+def test_limit_conflict_names_both_sources(kwargs: dict[str, Any], min_source: str, max_source: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _merge(**kwargs)
+    assert info.value.field == "min_size" and info.value.source == min_source
+    assert f"max_size is from {max_source}" in str(info.value)
+
+
+def test_breaker_field_error_names_the_breaker_keyword_and_the_env_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        _merge(
+            given={"breaker": CircuitBreakerConfig(backoff_max=1.0)},
+            env={"SMARTPOOL_BREAKER_BACKOFF_INITIAL": "5"},
+        )
+    assert_names(info.value, "breaker.backoff_max", 1.0)
+    assert info.value.source == "keyword"
+    assert "breaker.backoff_initial is from environment variable SMARTPOOL_BREAKER_BACKOFF_INITIAL" in str(
+        info.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "value", "source"),
+    [
+        ({"given": {"acquire_timeout": -1}}, "acquire_timeout", -1, "keyword"),
+        ({"url": {"smartpool_acquire_timeout": "1e300"}}, "acquire_timeout", 1e300,
+         "URL parameter smartpool_acquire_timeout"),
+        ({"env": {"SMARTPOOL_BREAKER_JITTER": "2"}}, "breaker.jitter", 2.0,
+         "environment variable SMARTPOOL_BREAKER_JITTER"),
+        ({"env": {"SMARTPOOL_MAX_SIZE": "lots"}}, "max_size", "lots",
+         "environment variable SMARTPOOL_MAX_SIZE"),
+        ({"sa": {"timeout": -1}}, "acquire_timeout", -1, "create_engine argument pool_timeout=-1"),
+        ({"sa": {"recycle": 1e300}}, "max_lifetime", 1e300, "create_engine argument pool_recycle=1e+300"),
+        ({"sa": {"recycle": "x"}}, "max_lifetime", "x", "create_engine argument pool_recycle='x'"),
+        ({"sa": {"pool_size": "5"}}, "pool_size", "5", "create_engine argument pool_size"),
+        ({"sa": {"use_lifo": "false"}}, "pool_use_lifo", "false", "create_engine argument pool_use_lifo"),
+        ({"sa": {"pre_ping": "no"}}, "pool_pre_ping", "no", "create_engine argument pool_pre_ping"),
+        ({"base": {"max_size": 3}}, "pool_config", {"max_size": 3}, "keyword"),
+        ({"url": {"smartpool_max_size": ("3", "4")}}, "max_size", ("3", "4"),
+         "URL parameter smartpool_max_size"),
+    ],
+)  # fmt: skip
+def test_errors_name_their_source(kwargs: dict[str, Any], field: str, value: Any, source: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _merge(**kwargs)
+    assert_names(info.value, field, value)
+    assert info.value.source == source and f"(from {source})" in str(info.value)
+
+
+# -- unknown names: errors with a suggestion, environment included ------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("SMARTPOOL_MAX_SISE", "SMARTPOOL_MAX_SIZE"),
+        ("SMARTPOOL_MAXSIZE", "SMARTPOOL_MAX_SIZE"),
+        ("SMARTPOOL_BREAKER_ENABLE", "SMARTPOOL_BREAKER_ENABLED"),
+        ("SMARTPOOL_REQUIRE_SERVICE", "SMARTPOOL_REQUIRE_SERVICES"),
+    ],
+)
+def test_from_env_rejects_unknown_names_with_a_suggestion(key: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PoolConfig.from_env({key: "3"})
+    assert info.value.source == f"environment variable {key}"
+    assert f"did you mean {hint}?" in str(info.value) and info.value.value == "3"
+
+
+def test_from_env_unknown_name_without_a_close_match() -> None:
+    with pytest.raises(ConfigError, match=r"unknown pool setting$"):
+        PoolConfig.from_env({"SMARTPOOL_ZZZZZZZZZZZZZZZZZ": "1"})
+
+
+def test_from_env_allows_the_non_setting_names() -> None:
+    for name in ("SMARTPOOL_REQUIRE_SERVICES", "SMARTPOOL_PROFILE", "SMARTPOOL_URL_ENCRYPTED"):
+        assert name in ENV_NON_SETTINGS
+    config = PoolConfig.from_env({name: "anything" for name in ENV_NON_SETTINGS})
+    assert config == PoolConfig()
+
+
+def test_from_env_custom_prefix_with_its_own_allow_list() -> None:
+    environ = {"APP_DB_MAX_SIZE": "8", "APP_DB_URL": "postgresql://x"}
+    with pytest.raises(ConfigError, match="APP_DB_URL"):
+        PoolConfig.from_env(environ, prefix="APP_DB_")
+    assert PoolConfig.from_env(environ, prefix="APP_DB_", allow={"APP_DB_URL"}).max_size == 8
+
+
+def test_url_unknown_key_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        _merge(url={"smartpool_MAX_SIZE": "3"})
+    assert info.value.source == "URL parameter smartpool_MAX_SIZE"
+    assert "did you mean smartpool_max_size?" in str(info.value)
+
+
+def test_replace_unknown_name_gets_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean max_size\?"):
+        PoolConfig().replace(max_sizes=3)
