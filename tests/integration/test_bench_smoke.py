@@ -34,6 +34,7 @@ ANCHORS = {
     "memory": ("SmartPool", "QueuePool"),
     "outage": ("SmartPool", "QueuePool"),
     "soak": ("SmartPool", "QueuePool"),
+    "async-overhead": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
 }
 
 
