@@ -27,6 +27,7 @@ SCENARIOS: dict[str, str] = {
     "outage": "outage",
     "soak": "soak",
     "async-overhead": "async_overhead",
+    "async-fairness": "async_fairness",
 }
 #: what ``all`` runs, in this order (outage and soak are long; run them by name)
 ALL: tuple[str, ...] = (
@@ -37,6 +38,7 @@ ALL: tuple[str, ...] = (
     "ramp",
     "memory",
     "async-overhead",
+    "async-fairness",
 )
 
 __all__ = ["ALL", "SCENARIOS", "load", "main"]

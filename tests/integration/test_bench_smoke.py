@@ -35,6 +35,7 @@ ANCHORS = {
     "outage": ("SmartPool", "QueuePool"),
     "soak": ("SmartPool", "QueuePool"),
     "async-overhead": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
+    "async-fairness": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
 }
 
 
@@ -47,7 +48,7 @@ def _impls(rows: list[dict[str, Any]]) -> str:
 
 
 #: scenarios that draw plots, and the files they write
-PLOTS = {"fairness": ["fairness.png"], "ramp": ["ramp.png"]}
+PLOTS = {"fairness": ["fairness.png"], "ramp": ["ramp.png"], "async-fairness": ["async-fairness.png"]}
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
