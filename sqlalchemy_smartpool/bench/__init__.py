@@ -28,6 +28,7 @@ SCENARIOS: dict[str, str] = {
     "soak": "soak",
     "async-overhead": "async_overhead",
     "async-fairness": "async_fairness",
+    "async-spike": "async_spike",
 }
 #: what ``all`` runs, in this order (outage and soak are long; run them by name)
 ALL: tuple[str, ...] = (
@@ -39,6 +40,7 @@ ALL: tuple[str, ...] = (
     "memory",
     "async-overhead",
     "async-fairness",
+    "async-spike",
 )
 
 __all__ = ["ALL", "SCENARIOS", "load", "main"]

@@ -36,6 +36,7 @@ ANCHORS = {
     "soak": ("SmartPool", "QueuePool"),
     "async-overhead": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
     "async-fairness": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
+    "async-spike": ("AsyncSmartPool", "AsyncAdaptedQueuePool"),
 }
 
 
