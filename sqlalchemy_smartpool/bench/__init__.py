@@ -26,9 +26,22 @@ SCENARIOS: dict[str, str] = {
     "memory": "memory",
     "outage": "outage",
     "soak": "soak",
+    "async-overhead": "async_overhead",
+    "async-fairness": "async_fairness",
+    "async-spike": "async_spike",
 }
 #: what ``all`` runs, in this order (outage and soak are long; run them by name)
-ALL: tuple[str, ...] = ("overhead", "prepping", "fairness", "spike", "ramp", "memory")
+ALL: tuple[str, ...] = (
+    "overhead",
+    "prepping",
+    "fairness",
+    "spike",
+    "ramp",
+    "memory",
+    "async-overhead",
+    "async-fairness",
+    "async-spike",
+)
 
 __all__ = ["ALL", "SCENARIOS", "load", "main"]
 

@@ -236,6 +236,96 @@ def psycopg_pool(url: str, *, min_size: int, max_size: int | None = None, **kw: 
     return pool
 
 
+# ------------------------------------------------------------------ asyncio engines and pools
+
+
+def async_connect_args(url: str) -> dict[str, Any]:
+    """``connect_args`` for asyncpg (it takes ``application_name`` as a server setting)."""
+    return {"server_settings": {"application_name": APP_NAME}} if is_postgres(url) else {}
+
+
+def async_smart_engine(url: str, **pool_kw: Any) -> Any:
+    """An async engine on AsyncSmartPool; ``pool_kw`` are the same keywords as SmartPool's."""
+    import importlib
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    # looked up by name: the benchmark must type-check whichever module defines the pool
+    pool_class = importlib.import_module("sqlalchemy_smartpool").AsyncSmartPool
+    return create_async_engine(url, poolclass=pool_class, connect_args=async_connect_args(url), **pool_kw)
+
+
+def async_queue_engine(url: str, **kw: Any) -> Any:
+    """An async engine on SQLAlchemy's AsyncAdaptedQueuePool (its default for asyncio drivers)."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+    return create_async_engine(
+        url, poolclass=AsyncAdaptedQueuePool, connect_args=async_connect_args(url), **kw
+    )
+
+
+async def warm_async(engine: Any, connections: int, timeout: float = 30.0) -> None:
+    """Leave ``connections`` open and idle in an async engine's pool.
+
+    A pool with ``stats()`` (AsyncSmartPool) prewarms to ``min_size`` itself:
+    one checkout starts it, then this waits until that many are open and no
+    connect is pending. Other pools get ``connections`` checkouts held at once.
+    """
+    import asyncio
+    import time
+
+    pool = engine.sync_engine.pool
+    if not hasattr(pool, "stats"):
+        held = [engine.connect() for _ in range(connections)]
+        await asyncio.gather(*(c.start() for c in held))
+        await asyncio.gather(*(c.close() for c in held))
+        return
+    async with engine.connect():
+        pass
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = pool.stats()
+        if stats.pool_size >= connections and not stats.connections_pending:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"pool did not prewarm to {connections} in {timeout:g}s: {stats}")
+        await asyncio.sleep(0.01)
+
+
+async def asyncpg_pool(url: str, *, min_size: int, max_size: int, **kw: Any) -> Any:
+    """An open, filled ``asyncpg.Pool`` on the same server."""
+    import importlib
+
+    from sqlalchemy.engine import make_url
+
+    asyncpg = importlib.import_module("asyncpg")  # ships no type information
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings={"application_name": APP_NAME},
+        **kw,
+    )
+
+
+async def psycopg_async_pool(url: str, *, min_size: int, max_size: int | None = None, **kw: Any) -> Any:
+    """An open, filled psycopg_pool.AsyncConnectionPool on the same server (psycopg 3)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(
+        conninfo(url),
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"application_name": APP_NAME},
+        open=False,
+        **kw,
+    )
+    await pool.open(wait=True, timeout=60)
+    return pool
+
+
 def count_connects(engine: Any) -> Callable[[], int]:
     """Attach a ``connect`` listener; returns a function reading how many DBAPI connections opened."""
     from sqlalchemy import event
@@ -316,7 +406,15 @@ def machine_info(url: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "url": _safe(url),
     }
-    for dist in ("sqlalchemy", "psycopg2-binary", "psycopg", "psycopg-pool", "sqlalchemy-smartpool"):
+    for dist in (
+        "sqlalchemy",
+        "psycopg2-binary",
+        "psycopg",
+        "psycopg-pool",
+        "asyncpg",
+        "greenlet",
+        "sqlalchemy-smartpool",
+    ):
         try:
             info[dist] = md.version(dist)
         except md.PackageNotFoundError:

@@ -15,8 +15,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def fairness_plot(series: dict[str, Any], path: Path) -> Path:
-    """Left: completions per thread in one segment (sorted); right: CDF of all waits for a connection."""
+def fairness_plot(series: dict[str, Any], path: Path, unit: str = "thread") -> Path:
+    """Left: completions per ``unit`` (thread, task) in one segment (sorted); right: CDF of all waits."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for impl, run in series.items():
@@ -26,11 +26,11 @@ def fairness_plot(series: dict[str, Any], path: Path) -> Path:
         n = len(waits)
         ys = [(i + 1) / n for i in range(n)]
         right.plot([w * 1e3 for w in waits], ys, label=impl)
-    left.set_xlabel("thread (sorted by completions)")
+    left.set_xlabel(f"{unit} (sorted by completions)")
     left.set_ylabel("requests completed")
     left.set_ylim(bottom=0)
     seconds = next(iter(series.values())).get("seconds", 0)
-    left.set_title(f"Completions per thread in one {seconds:g} s segment (flat = fair)")
+    left.set_title(f"Completions per {unit} in one {seconds:g} s segment (flat = fair)")
     left.legend(fontsize=8)
     right.set_xscale("log")
     right.set_xlabel("wait for a connection (ms, log)")

@@ -34,6 +34,9 @@ ANCHORS = {
     "memory": ("SmartPool", "QueuePool"),
     "outage": ("SmartPool", "QueuePool"),
     "soak": ("SmartPool", "QueuePool"),
+    "async-overhead": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
+    "async-fairness": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
+    "async-spike": ("AsyncSmartPool", "AsyncAdaptedQueuePool"),
 }
 
 
@@ -46,7 +49,7 @@ def _impls(rows: list[dict[str, Any]]) -> str:
 
 
 #: scenarios that draw plots, and the files they write
-PLOTS = {"fairness": ["fairness.png"], "ramp": ["ramp.png"]}
+PLOTS = {"fairness": ["fairness.png"], "ramp": ["ramp.png"], "async-fairness": ["async-fairness.png"]}
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
