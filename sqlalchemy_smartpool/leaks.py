@@ -16,17 +16,26 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-import sqlalchemy
-
 logger = logging.getLogger("sqlalchemy_smartpool.leaks")
 
 #: frames from these packages' directories are skipped: the user wants *their* call site.
 #: Directory prefixes, not name fragments, so a user's own ``learn_sqlalchemy/`` stays in.
-_SKIP = tuple(
-    os.path.join(os.path.dirname(os.path.abspath(path)), "")
-    for path in (sqlalchemy.__file__, __file__)
-    if path
-)
+#: Looked up in ``sys.modules`` (never imported here: the engine imports neither).
+_SKIP_PACKAGES = ("sqlalchemy", "redis", "greenlet", "sqlalchemy_smartpool")
+_skip: tuple[str, ...] = ()
+_skip_seen: frozenset[str] = frozenset()
+
+
+def _skip_dirs() -> tuple[str, ...]:
+    global _skip, _skip_seen
+    loaded = frozenset(p for p in _SKIP_PACKAGES if p in sys.modules)
+    if loaded != _skip_seen:
+        paths = [getattr(sys.modules[p], "__file__", None) for p in loaded]
+        _skip = tuple(os.path.join(os.path.dirname(os.path.abspath(f)), "") for f in paths if f)
+        _skip_seen = loaded
+    return _skip
+
+
 _MAX_FRAMES = 40
 
 
@@ -60,11 +69,12 @@ class LeakInfo:
 def capture() -> Lease:
     """The current thread and call stack, innermost frame last, pool internals skipped."""
     frames: list[tuple[str, int, str]] = []
+    skip = _skip_dirs()
     f: Any = sys._getframe(1)
     while f is not None and len(frames) < _MAX_FRAMES:
         code = f.f_code
         filename = code.co_filename
-        if not filename.startswith(_SKIP):
+        if not filename.startswith(skip):
             frames.append((filename, f.f_lineno, code.co_name))
         f = f.f_back
     frames.reverse()

@@ -17,7 +17,7 @@ from sqlalchemy.engine import CreateEnginePlugin
 from sqlalchemy.engine.url import URL
 
 from .config import ENV_PREFIX, POOL_KEYWORDS, SA_POOL_ARGUMENTS, URL_PREFIX, from_pool_arguments
-from .pool import SmartPool
+from .pool import AsyncSmartPool, SmartPool
 
 
 class SmartPoolPlugin(CreateEnginePlugin):
@@ -29,7 +29,9 @@ class SmartPoolPlugin(CreateEnginePlugin):
         self._environ = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
         # fail now, at create_engine(), even if the app then picks another pool class
         from_pool_arguments(None, {}, {}, environ=self._environ, url_query=self._query)
-        kwargs.setdefault("poolclass", SmartPool)
+        # create_async_engine() passes _is_async; an async driver in a sync URL is async too
+        is_async = bool(kwargs.get("_is_async")) or _dialect_is_async(url)
+        kwargs.setdefault("poolclass", AsyncSmartPool if is_async else SmartPool)
 
     def update_url(self, url: URL) -> URL:
         return url.difference_update_query(self._query)
@@ -47,3 +49,10 @@ class SmartPoolPlugin(CreateEnginePlugin):
             environ=self._environ,
             url_query=self._query,
         )
+
+
+def _dialect_is_async(url: URL) -> bool:
+    try:
+        return bool(url.get_dialect().is_async)
+    except Exception:  # an unknown dialect fails later, in create_engine, with SQLAlchemy's error
+        return False
