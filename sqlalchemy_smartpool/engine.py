@@ -48,10 +48,6 @@ C = TypeVar("C")
 #: attribute set on every pooled connection object: its :class:`~.core.Slot`
 SLOT_ATTR = "_smartpool_slot"
 
-#: the socket liveness look is skipped for connections idle less than this (seconds):
-#: nothing can be seen that soon, and it keeps the tight checkout loop at its cost
-LIVENESS_MIN_IDLE = 0.001
-
 _POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
@@ -194,7 +190,9 @@ class PoolEngine(Generic[C]):
             if (
                 idle_for > self._interval
                 or slot.validated_at < core.suspect_before
-                or (idle_for > LIVENESS_MIN_IDLE and _stirred(slot))
+                # on every checkout (~0.3 us): an EOF that arrived while the connection
+                # was in use, or a socket closed under it, is visible at once
+                or _stirred(slot)
             ):
                 slot = self._validated(slot, t0 + self._timeout)
         if self._leak_threshold is not None:

@@ -1,4 +1,5 @@
-"""pytest plugin (``-p smartpool_sa_plugin``): SmartPool wherever SQLAlchemy would pick QueuePool.
+"""pytest plugin (``-p smartpool_sa_plugin``): SmartPool wherever SQLAlchemy would pick QueuePool,
+AsyncSmartPool wherever it would pick AsyncAdaptedQueuePool.
 
 SQLAlchemy's test suite makes its engines with plain ``create_engine(url)``
 (``testing_engine``, ``config.db``), and an engine's URL no longer carries
@@ -21,38 +22,62 @@ from typing import Any
 from sqlalchemy import pool
 from sqlalchemy.engine import default
 
-from sqlalchemy_smartpool import SmartPool
+from sqlalchemy_smartpool import AsyncSmartPool, SmartPool
 
 _MIN_SIZE = int(os.environ.get("SMARTPOOL_SUITE_MIN_SIZE", "0"))
 #: set to compare with SQLAlchemy's pre_ping, which pings on every checkout (no bypass window)
 _VALIDATION_INTERVAL = os.environ.get("SMARTPOOL_SUITE_VALIDATION_INTERVAL")
 
 
+def _suite_defaults(kw: dict[str, Any]) -> dict[str, Any]:
+    if "pool_size" not in kw and "pool_config" not in kw:
+        kw.setdefault("min_size", _MIN_SIZE)
+    if _VALIDATION_INTERVAL is not None and "pool_config" not in kw:
+        kw.setdefault("validation_interval", float(_VALIDATION_INTERVAL))
+    return kw
+
+
 class SuiteSmartPool(SmartPool):
     """SmartPool, lazy like QueuePool unless the test sizes it."""
 
+    made = 0
+
     def __init__(self, creator: Any, **kw: Any) -> None:
-        if "pool_size" not in kw and "pool_config" not in kw:
-            kw.setdefault("min_size", _MIN_SIZE)
-        if _VALIDATION_INTERVAL is not None and "pool_config" not in kw:
-            kw.setdefault("validation_interval", float(_VALIDATION_INTERVAL))
-        super().__init__(creator, **kw)
+        super().__init__(creator, **_suite_defaults(kw))
+        SuiteSmartPool.made += 1
+
+
+class SuiteAsyncSmartPool(AsyncSmartPool):
+    """AsyncSmartPool, lazy like AsyncAdaptedQueuePool unless the test sizes it."""
+
+    made = 0
+
+    def __init__(self, creator: Any, **kw: Any) -> None:
+        super().__init__(creator, **_suite_defaults(kw))
+        SuiteAsyncSmartPool.made += 1
+
+
+_SWAP: dict[type[pool.Pool], type[pool.Pool]] = {
+    pool.QueuePool: SuiteSmartPool,
+    pool.AsyncAdaptedQueuePool: SuiteAsyncSmartPool,
+}
 
 
 _original = default.DefaultDialect.get_dialect_pool_class
 
 
-def _smartpool_instead_of_queuepool(self: Any, url: Any) -> type[pool.Pool]:
+def _smartpool_instead(self: Any, url: Any) -> type[pool.Pool]:
     cls = _original(self, url)
-    return SuiteSmartPool if cls is pool.QueuePool else cls
+    return _SWAP.get(cls, cls)
 
 
-default.DefaultDialect.get_dialect_pool_class = _smartpool_instead_of_queuepool  # type: ignore[method-assign]
+default.DefaultDialect.get_dialect_pool_class = _smartpool_instead  # type: ignore[method-assign]
 
 
 def pytest_report_header(config: Any) -> str:
     return (
-        f"smartpool_sa_plugin: QueuePool -> SmartPool (default min_size={_MIN_SIZE}, "
+        "smartpool_sa_plugin: QueuePool -> SmartPool, AsyncAdaptedQueuePool -> AsyncSmartPool "
+        f"(default min_size={_MIN_SIZE}, "
         f"validation_interval={_VALIDATION_INTERVAL or 'default'})"
     )
 
@@ -76,3 +101,26 @@ def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -
         return dbapi, SuiteSmartPool(creator=lambda: dbapi.connect("foo.db"), **kw)
 
     base._queuepool_dbapi_fixture = _smartpool_dbapi_fixture
+
+
+def _queue_pool_like(self: Any) -> Any:
+    """``requires.queue_pool``: SmartPool too. The tests behind it check what any sized
+    pool must do (pool_size/max_overflow/pool_timeout honoured, dispose, invalidate,
+    exhaustion raising TimeoutError); their QueuePool internals sit behind isinstance()."""
+    from sqlalchemy.testing import exclusions
+
+    return exclusions.only_if(lambda config: isinstance(config.db.pool, (pool.QueuePool, SmartPool)))
+
+
+def pytest_configure(config: Any) -> None:
+    from sqlalchemy.testing import requirements
+
+    requirements.SuiteRequirements.queue_pool = property(_queue_pool_like)  # type: ignore[assignment,method-assign]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Proof that the swap happened: how many pools of each kind this session made."""
+    terminalreporter.write_line(
+        f"smartpool_sa_plugin: pools made: SmartPool {SuiteSmartPool.made}, "
+        f"AsyncSmartPool {SuiteAsyncSmartPool.made}"
+    )
