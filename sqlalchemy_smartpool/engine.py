@@ -190,9 +190,9 @@ class PoolEngine(Generic[C]):
             if (
                 idle_for > self._interval
                 or slot.validated_at < core.suspect_before
-                # on every checkout (~0.3 us): an EOF that arrived while the connection
-                # was in use, or a socket closed under it, is visible at once
-                or _stirred(slot)
+                # on every checkout (~0.3 us; ``check_socket``): an EOF that arrived while
+                # the connection was in use, or a socket closed under it, is visible at once
+                or (slot.poller is not None and slot.poller.poll(0))
             ):
                 slot = self._validated(slot, t0 + self._timeout)
         if self._leak_threshold is not None:
@@ -574,10 +574,12 @@ class PoolEngine(Generic[C]):
         if not self._limit_read:  # before anyone can be handed the connection
             self._limit_read = True
             self._read_server_limit(conn)
-        try:
-            poller = _poller(backend.socket_fd(conn))
-        except Exception:
-            poller = None
+        poller = None
+        if self.config.check_socket and self._validate:
+            try:
+                poller = _poller(backend.socket_fd(conn))
+            except Exception:
+                poller = None
         now = self._clock()
         with self._lock:
             if generation != self._generation:  # dispose() ran meanwhile
@@ -697,13 +699,6 @@ class PoolEngine(Generic[C]):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _stirred(slot: Slot[Any]) -> bool:
-    """Has anything arrived on an idle connection's socket (EOF, RST, a server's
-    goodbye)? One non-blocking poll, no round trip; then a real ping decides."""
-    poller = slot.poller
-    return poller is not None and bool(poller.poll(0))
 
 
 def _poller(fd: int | None) -> Any:

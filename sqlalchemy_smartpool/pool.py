@@ -146,6 +146,7 @@ class SmartPool(Pool):
         validation_interval: Any = _UNSET,
         validation_query: Any = _UNSET,
         validation_timeout: Any = _UNSET,
+        check_socket: Any = _UNSET,
         max_waiting: Any = _UNSET,
         max_concurrent_connects: Any = _UNSET,
         connect_timeout: Any = _UNSET,

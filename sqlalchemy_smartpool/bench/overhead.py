@@ -32,6 +32,7 @@ from .harness import (
 
 SMART = "SmartPool[psycopg2]"
 SMART_NOSTATS = "SmartPool[psycopg2] track_wait_times=False"
+SMART_NOSOCK = "SmartPool[psycopg2] check_socket=False"
 QUEUE = "QueuePool[psycopg2]"
 PSYCOPG = "psycopg_pool[psycopg]"
 RAW = "checkout+checkin"
@@ -89,17 +90,19 @@ def trial(opts: Options) -> Trial:
     rounds = 3 if opts.quick else 60
     smart = smart_engine(opts.url)
     smart_nostats = smart_engine(opts.url, track_wait_times=False)
+    smart_nosock = smart_engine(opts.url, check_socket=False)
     queue = queue_engine(opts.url)
     pg = psycopg_pool(with_driver(opts.url, "psycopg"), min_size=5)
     try:
-        for e in (smart, smart_nostats):
+        for e in (smart, smart_nostats, smart_nosock):
             e.pool.wait()
-        for e in (smart, smart_nostats, queue):
+        for e in (smart, smart_nostats, smart_nosock, queue):
             with e.connect():
                 pass
         impls: dict[str, dict[str, Loop]] = {
             SMART: _sa_loops(smart),
             SMART_NOSTATS: _sa_loops(smart_nostats),
+            SMART_NOSOCK: _sa_loops(smart_nosock),
             QUEUE: _sa_loops(queue),
             PSYCOPG: _pg_loops(pg),
         }
@@ -141,7 +144,7 @@ def trial(opts: Options) -> Trial:
         ]
         return Trial(rows, notes=notes)
     finally:
-        for e in (smart, smart_nostats, queue):
+        for e in (smart, smart_nostats, smart_nosock, queue):
             e.dispose()
         pg.close()
 
