@@ -71,7 +71,15 @@ def capture() -> Lease:
     frames: list[tuple[str, int, str]] = []
     skip = _skip_dirs()
     f: Any = sys._getframe(1)
-    while f is not None and len(frames) < _MAX_FRAMES:
+    glet = _current_greenlet()
+    while len(frames) < _MAX_FRAMES:
+        if f is None:
+            # a greenlet's stack ends at its start: go on in the greenlet that switched to it
+            # (an asyncio checkout runs in SQLAlchemy's greenlet; the caller's coroutine is above)
+            glet = getattr(glet, "parent", None)
+            f = getattr(glet, "gr_frame", None)
+            if f is None:
+                break
         code = f.f_code
         filename = code.co_filename
         if not filename.startswith(skip):
@@ -79,6 +87,12 @@ def capture() -> Lease:
         f = f.f_back
     frames.reverse()
     return Lease(_holder(), tuple(frames))
+
+
+def _current_greenlet() -> Any:
+    """The running greenlet, if greenlet is loaded (never imported here)."""
+    mod = sys.modules.get("greenlet")
+    return mod.getcurrent() if mod is not None else None
 
 
 def _holder() -> str:

@@ -98,6 +98,10 @@ class _RecordBackend:
             return False
 
     def is_transient(self, err: BaseException) -> bool:
+        # asyncpg (under SQLAlchemy too) raises the socket's own error for a refused or
+        # reset connect (ConnectionRefusedError, OSError, TimeoutError): transient as well
+        if isinstance(err, OSError):
+            return True
         operational = getattr(getattr(self._dialect, "loaded_dbapi", None), "OperationalError", None)
         return operational is not None and isinstance(err, operational)
 

@@ -176,3 +176,20 @@ def test_returned_by_gc_on_a_shallow_stack() -> None:
     worker.start()
     worker.join(5)
     assert result == [False]
+
+
+def test_capture_inside_a_greenlet_continues_in_the_greenlet_that_started_it() -> None:
+    """An asyncio checkout runs in SQLAlchemy's greenlet: the call site above it is kept."""
+    greenlet = pytest.importorskip("greenlet")
+    captured: list[Lease] = []
+
+    def in_greenlet() -> None:
+        captured.append(leaks.capture())
+
+    def caller_outside_the_greenlet() -> None:
+        greenlet.greenlet(in_greenlet).switch()
+
+    caller_outside_the_greenlet()
+    functions = [fn for _, _, fn in captured[0].stack]
+    assert functions[-1] == "in_greenlet"
+    assert "caller_outside_the_greenlet" in functions
