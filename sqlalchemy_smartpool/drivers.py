@@ -191,6 +191,30 @@ _SOCKETS: dict[str, Callable[[Any], int | None]] = {
 }
 
 
+#: async drivers read their sockets in the event loop: an EOF may already have been
+#: consumed (and the socket closed, its number reused) by the time the pool looks, so
+#: the driver's own state is asked too
+_CLOSED: dict[str, Callable[[Any], bool]] = {
+    "asyncpg": lambda c: bool(c._connection.is_closed()),
+    "aiomysql": lambda c: c._connection._reader is None or bool(c._connection._reader.at_eof()),
+}
+
+
+def closed_probe(dialect: Any, dbapi_conn: Any) -> Callable[[], bool] | None:
+    """A cheap check that the driver already knows its connection is gone (None: no such state)."""
+    check = _CLOSED.get(getattr(dialect, "driver", ""))
+    if check is None or dbapi_conn is None:
+        return None
+
+    def probe() -> bool:
+        try:
+            return check(dbapi_conn)
+        except Exception:  # the driver's internals moved: fall back to the ping
+            return True
+
+    return probe
+
+
 def socket_fd(dialect: Any, dbapi_conn: Any) -> int | None:
     """The connection's socket descriptor, for drivers known to have one (not sqlite).
 

@@ -83,6 +83,10 @@ class Backend(Protocol[C]):
         """The server's connection limit for this client, read once after the first connect."""
         ...
 
+    def closed_probe(self, conn: C) -> Callable[[], bool] | None:
+        """A cheap "the driver knows it is gone" check, for drivers that read in the background."""
+        ...
+
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
@@ -577,7 +581,7 @@ class PoolEngine(Generic[C]):
         poller = None
         if self.config.check_socket and self._validate:
             try:
-                poller = _poller(backend.socket_fd(conn))
+                poller = _watch(backend.socket_fd(conn), backend.closed_probe(conn))
             except Exception:
                 poller = None
         now = self._clock()
@@ -701,16 +705,33 @@ class PoolEngine(Generic[C]):
 # ---------------------------------------------------------------------- helpers
 
 
-def _poller(fd: int | None) -> Any:
-    """A poll object on a connection's socket, for the liveness look (None: no socket)."""
-    if fd is None:
-        return None
-    poller = select.poll()
-    try:
-        poller.register(fd, _POLL_EVENTS)
-    except (TypeError, ValueError, OSError):  # not a real socket (a test double, a closed one)
-        return None
-    return poller
+def _watch(fd: int | None, closed: Callable[[], bool] | None) -> Any:
+    """What the liveness look polls (``.poll(0)`` truthy = look closer): a poll object on
+    the connection's socket, combined with the driver's own closed state where it has
+    one. None: nothing to look at."""
+    poller: Any = None
+    if fd is not None:
+        poller = select.poll()
+        try:
+            poller.register(fd, _POLL_EVENTS)
+        except (TypeError, ValueError, OSError):  # not a real socket (a test double, a closed one)
+            poller = None
+    if closed is None:
+        return poller
+    return _DriverWatch(poller, closed)
+
+
+class _DriverWatch:
+    """The socket poll plus the driver's closed flag (an async driver may have read the EOF)."""
+
+    __slots__ = ("_closed", "_poller")
+
+    def __init__(self, poller: Any, closed: Callable[[], bool]) -> None:
+        self._poller = poller
+        self._closed = closed
+
+    def poll(self, timeout: int) -> bool:
+        return self._closed() or (self._poller is not None and bool(self._poller.poll(timeout)))
 
 
 def _abort_socket(fd: int) -> None:

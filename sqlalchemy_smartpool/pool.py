@@ -112,6 +112,9 @@ class _RecordBackend:
         dbapi_conn = conn.dbapi_connection
         return drivers.socket_fd(self._dialect, dbapi_conn)
 
+    def closed_probe(self, conn: _ConnectionRecord) -> Callable[[], bool] | None:
+        return drivers.closed_probe(self._dialect, conn.dbapi_connection)
+
     def server_limit(self, conn: _ConnectionRecord) -> int | None:
         return drivers.server_connection_limit(self._dialect, conn.dbapi_connection)
 

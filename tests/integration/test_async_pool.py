@@ -26,7 +26,6 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from sqlalchemy_smartpool import CircuitBreakerConfig, CircuitOpenError, PoolTimeout
-from sqlalchemy_smartpool.engine import _stirred
 from sqlalchemy_smartpool.errors import WrongEventLoop
 from sqlalchemy_smartpool.testing import FaultMode, FaultProxy
 
@@ -341,13 +340,6 @@ def test_killed_idle_connections_are_replaced(
     on each checkout, or -- with a long validation_interval -- the socket liveness look)
     and replace them; not one request fails."""
     backend = server_backend
-    if interval and backend.driver == "aiomysql":
-        # Observed, not yet fixed: the look polls the fd number registered at connect time;
-        # once the driver's transport closes a killed socket, that number can be reused by
-        # the replacement connection, and the look then watches a healthy socket.
-        request.applymarker(
-            pytest.mark.xfail(reason="liveness look may watch a reused fd (aiomysql)", strict=False)
-        )
     keep: list[Any] = []
 
     async def scenario() -> None:
@@ -365,7 +357,10 @@ def test_killed_idle_connections_are_replaced(
             if interval:
                 # the look sees the server's goodbye (FIN, an error packet) once it has arrived;
                 # the server drops a session from its list a moment before it closes the socket
-                assert await until(lambda: all(_stirred(s) for s in pool._core.idle), timeout=10)
+                assert await until(
+                    lambda: all(s.poller is not None and s.poller.poll(0) for s in pool._core.idle),
+                    timeout=10,
+                )
 
             failures: list[BaseException] = []
             fresh: set[int] = set()
