@@ -166,7 +166,8 @@ class PoolCore(Generic[C]):
 
     def take_idle(self, now: float) -> Slot[C] | None:
         """The fast path: an idle connection if nobody is queued ahead of the caller."""
-        if self.waiters or not self.idle:
+        waiters = self.waiters
+        if not self.idle or (waiters and not self._may_barge(now)):
             return None
         slot = self.idle.pop() if self._lifo else self.idle.popleft()
         slot.checked_out_at = now  # _lease(), inlined: this is every checkout's cost
@@ -303,12 +304,30 @@ class PoolCore(Generic[C]):
             self.size -= 1
             self.counters[S.CONNECTIONS_INVALIDATED] += 1
             return None, True
+        if now < slot.expires_at and not self.closed and self._may_barge(now):
+            self.idle.append(slot)  # kept for a caller arriving within the barge window
+            return None, False
         if now >= slot.expires_at or self.closed:
             self.size -= 1
             if not self.closed:
                 self.counters[S.CONNECTIONS_EXPIRED] += 1
             return None, True
         return self._place(slot, now), False
+
+    def _may_barge(self, now: float) -> bool:
+        """May a caller go ahead of the queue? Only inside ``barge_window`` of the head's wait."""
+        window = self.config.barge_window
+        return bool(window) and bool(self.waiters) and now - self.waiters[0].since < window
+
+    def serve_waiters(self, now: float) -> list[Waiter[C]]:
+        """Hand idle connections to waiters whose barge window has passed; the adapter wakes them."""
+        served = []
+        while self.idle and self.waiters and not self._may_barge(now):
+            slot = self.idle.pop() if self._lifo else self.idle.popleft()
+            waiter = self._place(slot, now, touch=False)
+            if waiter is not None:
+                served.append(waiter)
+        return served
 
     def discard(self, slot: Slot[C]) -> None:
         """A connection the caller holds (checked out or taken for a ping) is gone."""
@@ -440,7 +459,8 @@ class PoolCore(Generic[C]):
         assert self.maintaining >= 0, self.describe()
         assert self.size == len(self.idle) + len(self.leased) + self.maintaining, self.describe()
         assert self.size + self.pending <= self.config.max_size, self.describe()
-        assert not (self.idle and self.waiters), self.describe()
+        # idle connections and waiters coexist only inside a barge window
+        assert not (self.idle and self.waiters) or self.config.barge_window > 0, self.describe()
         ids = [s.id for s in self.idle]
         assert len(ids) == len(set(ids)), "a connection is idle twice"
         assert not set(ids) & set(self.leased), "a connection is both idle and checked out"

@@ -164,6 +164,8 @@ class PoolEngine(Generic[C]):
         self._interval = config.validation_interval
         self._timeout = config.acquire_timeout
         self._leak_threshold = config.leak_detection_threshold
+        self._barging = config.barge_window > 0
+        self._serve_armed = False
 
     # ------------------------------------------------------------------ checkout
 
@@ -334,8 +336,34 @@ class PoolEngine(Generic[C]):
             waiter.wake()
         elif close:
             self._closed_on_return(slot, now)
+        elif self._barging and not self._serve_armed:
+            self._arm_serve()
         if lease is not None:
             self._leak_returned(slot, lease, now)
+
+    def _arm_serve(self) -> None:
+        """A connection was kept idle for a barging caller: make sure the queue gets it
+        once the head's window has passed, if nobody took it by then."""
+        with self._lock:
+            core = self.core
+            if self._serve_armed or not (core.idle and core.waiters):
+                return
+            self._serve_armed = True
+            when = core.waiters[0].since + self.config.barge_window
+        rt = self._rt
+        if rt is None or not rt.alive:
+            self._serve()
+            return
+        ref = weakref.ref(self)
+        rt.call_at(when, lambda: _serve(ref))
+
+    def _serve(self) -> None:
+        with self._lock:
+            self._serve_armed = False
+            served = self.core.serve_waiters(self._clock())
+        for waiter in served:
+            waiter.wake()
+        self._arm_serve()
 
     def _closed_on_return(self, slot: Slot[C], now: float) -> None:
         with self._lock:
@@ -763,6 +791,12 @@ def _tick(ref: weakref.ref[PoolEngine[Any]]) -> None:
         engine._housekeep()
     finally:
         engine._schedule_tick()
+
+
+def _serve(ref: weakref.ref[PoolEngine[Any]]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine._serve()
 
 
 def _kick(ref: weakref.ref[PoolEngine[Any]]) -> None:

@@ -149,6 +149,7 @@ class SmartPool(Pool):
         lifetime_jitter: Any = _UNSET,
         keepalive_interval: Any = _UNSET,
         reuse: Any = _UNSET,
+        barge_window: Any = _UNSET,
         validate_on_checkout: Any = _UNSET,
         validation_interval: Any = _UNSET,
         validation_query: Any = _UNSET,

@@ -47,6 +47,14 @@ QUEUE = "QueuePool[psycopg2]"
 SMART2 = "SmartPool[psycopg2]"
 PSYCOPG = "psycopg_pool[psycopg]"
 SMART3 = "SmartPool[psycopg]"
+#: bounded barging (PoolConfig.barge_window), measured beside strict FIFO; not judged
+BARGE_WINDOWS = (0.001, 0.005)
+
+
+def _barge(window: float) -> str:
+    return f"SmartPool[psycopg2] barge_window={window * 1000:g}ms"
+
+
 QUEUE3 = "QueuePool[psycopg] (reference)"
 JAIN_GOAL = 0.99
 SEGMENTS = 5
@@ -168,10 +176,15 @@ def trial(opts: Options) -> Trial:
         opened.append((impl, _sa_request(engine), engine.dispose))
 
     # all pools stay open for the trial (5 x 10 backends), so the segments can interleave
-    wait_for_headroom(opts.url, 5 * CONNECTIONS + 5)
+    wait_for_headroom(opts.url, (5 + len(BARGE_WINDOWS)) * CONNECTIONS + 5)
     try:
         sa(QUEUE, queue_engine(opts.url, pool_size=CONNECTIONS, max_overflow=0))
         sa(SMART2, smart_engine(opts.url, min_size=CONNECTIONS, max_size=CONNECTIONS))
+        for window in BARGE_WINDOWS:
+            sa(
+                _barge(window),
+                smart_engine(opts.url, min_size=CONNECTIONS, max_size=CONNECTIONS, barge_window=window),
+            )
         pg = psycopg_pool(url3, min_size=CONNECTIONS, max_size=CONNECTIONS)
         opened.append((PSYCOPG, _pg_request(pg), pg.close))
         sa(SMART3, smart_engine(url3, min_size=CONNECTIONS, max_size=CONNECTIONS))
@@ -212,6 +225,11 @@ def judge(rows: list[Row]) -> Verdict:
     best = max(q["req_per_s"], p["req_per_s"])
     ratios: dict[str, float] = {}
     goals: list[Goal] = []
+    for window in BARGE_WINDOWS:
+        name, b = _barge(window), find(rows, impl=_barge(window))
+        ratios[f"{name} req/s / {QUEUE} req/s"] = b["req_per_s"] / q["req_per_s"]
+        ratios[f"{name} wait p99.9 / psycopg_pool wait p99.9"] = b["wait_p999_ms"] / p["wait_p999_ms"]
+        ratios[f"{name} Jain"] = b["jain"]
     for impl, same in ((SMART2, q), (SMART3, p)):
         s = find(rows, impl=impl)
         ratios[f"{impl} req/s / {same['impl']} req/s"] = s["req_per_s"] / same["req_per_s"]

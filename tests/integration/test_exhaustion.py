@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import threading
 import time
 import uuid
@@ -27,7 +28,8 @@ from .test_resilience import admin_query, check_invariants, measured, wait_until
 
 pytestmark = pytest.mark.integration
 
-ROLE = "smartpool_limited"
+#: this run's own account (another `make test` beside this one must not share its limit)
+ROLE = f"smartpool_limited_{os.getpid()}"
 LIMIT = 3
 MAX_SIZE = 10
 THREADS = 10
@@ -92,6 +94,17 @@ def _mariadb() -> Server:
         ),
         connect_args={},
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _drop_accounts() -> Iterator[None]:
+    """The accounts are this run's: dropped (their sessions ended) when the module is done."""
+    yield
+    with contextlib.suppress(Exception):
+        admin_query(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{ROLE}'")
+        admin_query(f"DROP ROLE IF EXISTS {ROLE}")
+    with contextlib.suppress(Exception):
+        _mysql_admin(f"DROP USER IF EXISTS '{ROLE}'@'{HOST}'")
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])

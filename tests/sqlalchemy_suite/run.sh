@@ -24,7 +24,8 @@
 #   SMARTPOOL_SA_BACKENDS     space-separated subset of "sqlite postgresql" (default: both)
 #   SMARTPOOL_SA_PG_URL       PostgreSQL URL; its database (with schemas test_schema and
 #                             test_schema_2, which the suite needs) is created when missing
-#                             (default: postgresql+psycopg2://postgres@127.0.0.1:5432/smartpool_sa_suite)
+#                             (default: a database of this run's own on postgres@127.0.0.1:5432,
+#                             dropped at exit, so two runs side by side never share tables)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -35,7 +36,9 @@ if [[ "${1:-}" == "--known-bugs" ]]; then
     shift
 fi
 BACKENDS="${SMARTPOOL_SA_BACKENDS:-sqlite postgresql}"
-PG_URL="${SMARTPOOL_SA_PG_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/smartpool_sa_suite}"
+OWN_DB=""
+[[ -z "${SMARTPOOL_SA_PG_URL:-}" ]] && OWN_DB="smartpool_sa_suite_$$_$RANDOM"
+PG_URL="${SMARTPOOL_SA_PG_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/$OWN_DB}"
 pg_url_for() {  # the same database through another driver
     "$PY" -c 'import sys, sqlalchemy as sa; print(sa.make_url(sys.argv[1]).set(drivername="postgresql+" + sys.argv[2]).render_as_string(hide_password=False))' "$PG_URL" "$1"
 }
@@ -114,7 +117,20 @@ SELECT_SQLITE="$SELECT and not ($(join "${BY_DESIGN_SQLITE[@]}")) and not $SQLIT
 cd "$SRC"
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 RUN_DIR="$(mktemp -d "$CACHE/run.XXXXXX")"
-trap 'rm -rf "$RUN_DIR"' EXIT
+cleanup() {
+    rm -rf "$RUN_DIR"
+    if [[ -n "$OWN_DB" ]]; then
+        "$PY" - "$PG_URL" <<'EOF' || true
+import sys
+import sqlalchemy as sa
+url = sa.make_url(sys.argv[1])
+admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+with admin.connect() as conn:
+    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+EOF
+    fi
+}
+trap cleanup EXIT
 status=0
 run() {
     local label="$1"

@@ -523,7 +523,7 @@ def test_config_error_through_url_never_shows_the_password() -> None:
 DURATIONS = [
     "acquire_timeout", "idle_timeout", "max_lifetime", "keepalive_interval", "validation_interval",
     "validation_timeout", "connect_timeout", "retry_backoff_initial", "retry_backoff_max",
-    "leak_detection_threshold", "housekeeping_interval",
+    "leak_detection_threshold", "housekeeping_interval", "barge_window",
 ]  # fmt: skip
 BREAKER_DURATIONS = ["ratio_window", "backoff_initial", "backoff_max"]
 

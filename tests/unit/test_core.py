@@ -644,3 +644,38 @@ def test_counter_snapshot_merges_the_hot_path_counter(make_core: MakeCore, clock
     assert snap[S.CHECKOUTS] == 1 and set(snap) == set(S.COUNTERS)
     snap[S.CHECKOUTS] = 99
     assert core.counter_snapshot()[S.CHECKOUTS] == 1, "a copy"
+
+
+def test_barge_window_lets_a_caller_ahead_only_while_the_head_is_young(
+    make_core: MakeCore, clock: FakeClock
+) -> None:
+    core = make_core(min_size=1, max_size=1, barge_window=0.005)
+    core.plan_connects(clock())
+    ((slot, _),) = connect(core, clock)
+    assert core.take_idle(clock()) is slot
+    head = Waiter[Conn](clock())
+    core.add_waiter(head)
+    clock.advance(0.001)
+    assert core.checkin(slot, clock()) == (None, False), "kept idle for a barging caller"
+    ok(core)
+    clock.advance(0.001)
+    assert core.take_idle(clock()) is slot, "a caller inside the head's window goes ahead"
+    clock.advance(0.004)
+    assert core.checkin(slot, clock()) == (head, False), "past the window: the queue is served"
+    assert head.slot is slot
+    ok(core)
+
+
+def test_serve_waiters_hands_over_what_nobody_barged_for(make_core: MakeCore, clock: FakeClock) -> None:
+    core = make_core(min_size=1, max_size=1, barge_window=0.005)
+    core.plan_connects(clock())
+    ((slot, _),) = connect(core, clock)
+    assert core.take_idle(clock()) is slot
+    head = Waiter[Conn](clock())
+    core.add_waiter(head)
+    core.checkin(slot, clock())
+    assert core.serve_waiters(clock()) == [], "still inside the window"
+    clock.advance(0.006)
+    assert core.serve_waiters(clock()) == [head] and head.slot is slot
+    assert core.take_idle(clock()) is None
+    ok(core)
