@@ -734,32 +734,32 @@ class PoolEngine(Generic[C]):
 
 
 def _watch(fd: int | None, closed: Callable[[], bool] | None) -> Any:
-    """What the liveness look polls (``.poll(0)`` truthy = look closer): a poll object on
-    the connection's socket, combined with the driver's own closed state where it has
-    one. None: nothing to look at."""
-    poller: Any = None
-    if fd is not None:
-        poller = select.poll()
-        try:
-            poller.register(fd, _POLL_EVENTS)
-        except (TypeError, ValueError, OSError):  # not a real socket (a test double, a closed one)
-            poller = None
-    if closed is None:
-        return poller
-    return _DriverWatch(poller, closed)
+    """What the liveness look polls (``.poll(0)`` truthy = look closer). A driver that reads
+    its socket in the event loop (asyncpg, aiomysql) knows first, and may already have
+    closed the socket and freed its number: its own state is asked. Otherwise a poll
+    object on the socket. None: nothing to look at."""
+    if closed is not None:
+        return _DriverWatch(closed)
+    if fd is None:
+        return None
+    poller = select.poll()
+    try:
+        poller.register(fd, _POLL_EVENTS)
+    except (TypeError, ValueError, OSError):  # not a real socket (a test double, a closed one)
+        return None
+    return poller
 
 
 class _DriverWatch:
-    """The socket poll plus the driver's closed flag (an async driver may have read the EOF)."""
+    """``poll(0)`` as the driver's "closed" flag, for the liveness look."""
 
-    __slots__ = ("_closed", "_poller")
+    __slots__ = ("_closed",)
 
-    def __init__(self, poller: Any, closed: Callable[[], bool]) -> None:
-        self._poller = poller
+    def __init__(self, closed: Callable[[], bool]) -> None:
         self._closed = closed
 
     def poll(self, timeout: int) -> bool:
-        return self._closed() or (self._poller is not None and bool(self._poller.poll(timeout)))
+        return self._closed()
 
 
 def _abort_socket(fd: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
@@ -384,6 +385,7 @@ class AsyncSmartPool(SmartPool):
 
     def __init__(self, creator: Any, **kw: Any) -> None:
         super().__init__(creator, **kw)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._do_get = self._checkout_on_loop  # type: ignore[method-assign]
 
     def _runtime(self, name: str, workers: int) -> Runtime:
@@ -394,14 +396,15 @@ class AsyncSmartPool(SmartPool):
         except RuntimeError:
             raise WrongEventLoop(f"pool {name}: an asyncio pool needs a running event loop") from None
         await_ = getattr(concurrency, "await_", None) or concurrency.await_only
+        self._loop = loop
         return LoopRuntime(
             name, loop=loop, spawn=concurrency.greenlet_spawn, await_=await_, clock=self._clock
         )
 
     def _checkout_on_loop(self) -> _ConnectionRecord:
         rt = self._engine._rt
-        if rt is not None:
-            rt.check_caller()
+        if rt is not None and _get_running_loop() is not self._loop:
+            rt.check_caller()  # raises WrongEventLoop with the story
         return self._engine.checkout()
 
     async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
