@@ -182,8 +182,13 @@ class PoolEngine(Generic[C]):
             slot = core.take_idle(t0)
         finally:
             self._release()
+        # a connection handed over by a checkin while we waited was "idle" for no time
+        # (last_used is its return), yet may have died while its holder kept it: the
+        # liveness look is always worth its cost after a wait
+        look = False
         if slot is None:
             slot = self._wait(t0, t0 + self._timeout)
+            look = True
             waits = self._waits
             if waits is not None:  # immediate checkouts waited 0: counted, not timed
                 waits.record(clock() - t0, core.checkouts)
@@ -194,7 +199,7 @@ class PoolEngine(Generic[C]):
             if (
                 idle_for > self._interval
                 or slot.validated_at < core.suspect_before
-                or (idle_for > LIVENESS_MIN_IDLE and _stirred(slot))
+                or ((look or idle_for > LIVENESS_MIN_IDLE) and _stirred(slot))
             ):
                 slot = self._validated(slot, t0 + self._timeout)
         if self._leak_threshold is not None:
