@@ -184,23 +184,26 @@ class PoolEngine(Generic[C]):
             slot = core.take_idle(t0)
         finally:
             self._release()
+        deadline = t0 + self._timeout
+        now = t0
         if slot is None:
-            slot = self._wait(t0, t0 + self._timeout)
+            slot = self._wait(t0, deadline)
+            # a connection handed over while we waited was returned after t0: its idle
+            # time counts from now (or it would look negative and skip every check)
+            now = clock()
             waits = self._waits
             if waits is not None:  # immediate checkouts waited 0: counted, not timed
-                waits.record(clock() - t0, core.checkouts)
+                waits.record(now - t0, core.checkouts)
         elif self._rt is None:  # served from connections returned after dispose()
             self._ensure_started()
-        if self._validate:
-            idle_for = t0 - slot.last_used
-            if (
-                idle_for > self._interval
-                or slot.validated_at < core.suspect_before
-                # on every checkout (~0.3 us; ``check_socket``): an EOF that arrived while
-                # the connection was in use, or a socket closed under it, is visible at once
-                or (slot.poller is not None and slot.poller.poll(0))
-            ):
-                slot = self._validated(slot, t0 + self._timeout)
+        if self._validate and (
+            now - slot.last_used > self._interval
+            or slot.validated_at < core.suspect_before
+            # on every checkout (~0.3 us; ``check_socket``): an EOF that arrived while
+            # the connection was in use, or a socket closed under it, is visible at once
+            or (slot.poller is not None and slot.poller.poll(0))
+        ):
+            slot = self._validated(slot, deadline)
         if self._leak_threshold is not None:
             slot.lease = leaks.capture()
         return slot.conn
