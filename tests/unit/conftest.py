@@ -46,7 +46,9 @@ class Conn:
 
 
 #: settings that make a core deterministic unless a test asks otherwise
-CORE_DEFAULTS: dict[str, Any] = {"min_size": 0, "max_size": 4, "lifetime_jitter": 0.0}
+#: strict FIFO (barge_window=0): the fake clock does not move by itself, so every waiter
+#: would stay inside a barge window; barging has tests of its own
+CORE_DEFAULTS: dict[str, Any] = {"min_size": 0, "max_size": 4, "lifetime_jitter": 0.0, "barge_window": 0.0}
 
 
 @pytest.fixture

@@ -86,6 +86,7 @@ class PoolMachine(RuleBasedStateMachine):
             keepalive_interval=keepalive,
             idle_timeout=IDLE_TIMEOUT,
             reuse=reuse,  # type: ignore[arg-type]
+            barge_window=0.0,  # the machine checks strict FIFO; barging has its own tests
             leak_detection_threshold=LEAK_THRESHOLD if leaks else None,
             breaker=CircuitBreakerConfig(
                 enabled=breaker_on, failure_threshold=threshold, backoff_initial=1.0, backoff_max=4.0
