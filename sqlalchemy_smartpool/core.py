@@ -317,7 +317,9 @@ class PoolCore(Generic[C]):
     def _may_barge(self, now: float) -> bool:
         """May a caller go ahead of the queue? Only inside ``barge_window`` of the head's wait."""
         window = self.config.barge_window
-        return bool(window) and bool(self.waiters) and now - self.waiters[0].since < window
+        # ``since + window`` is also when the engine's serve timer fires: at that instant
+        # the answer must be no (``now - since < window`` can round the other way)
+        return bool(window) and bool(self.waiters) and now < self.waiters[0].since + window
 
     def serve_waiters(self, now: float) -> list[Waiter[C]]:
         """Hand idle connections to waiters whose barge window has passed; the adapter wakes them."""

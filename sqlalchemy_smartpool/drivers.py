@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import math
-import os
-import socket
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -228,17 +226,3 @@ def socket_fd(dialect: Any, dbapi_conn: Any) -> int | None:
         return reach(dbapi_conn)
     except Exception:  # closed, or a driver version that hides it: no look, no watchdog
         return None
-
-
-def abort_socket(fd: int) -> None:
-    """Shut a hung connection's socket down so the call blocked on it returns."""
-    try:
-        s = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        s.close()

@@ -382,6 +382,11 @@ class PoolEngine(Generic[C]):
             self.core.counters[S.CHECKOUTS_WAITED] -= 1
         self.checkin(slot)
 
+    @staticmethod
+    def slot_of(conn: Any) -> Slot[Any] | None:
+        """The pool's notes on a connection it opened (None: not one of ours)."""
+        return getattr(conn, SLOT_ATTR, None)
+
     def _leak_returned(self, slot: Slot[C], lease: Any, now: float) -> None:
         if leaks.returned_by_gc():
             self._leak_reports.collected(slot, lease, now)

@@ -544,7 +544,7 @@ def test_connect_timeout_bounds_a_hung_connect(url: str, driver: str, engines: l
 def test_permanent_connect_error_is_not_retried(app_name: str, engines: list[Engine]) -> None:
     """``retry_attempts`` is for transient failures; retrying "database does not
     exist" (or a bad password) cannot help and only delays the error and loads
-    the server. retry.py promises such errors are raised at once."""
+    the server. the engine promises such errors are not retried."""
     engine = create_engine(
         POSTGRES_URL.replace("/test", "/smartpool_no_such_db"),
         poolclass=SmartPool,

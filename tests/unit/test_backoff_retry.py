@@ -1,18 +1,14 @@
-"""Backoff delays and connect_with_retry, on a fake clock with a fake sleep."""
+"""Backoff delays (connect retries and breaker probes), with a seeded random source."""
 
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sqlalchemy_smartpool.backoff import Backoff
-from sqlalchemy_smartpool.retry import connect_with_retry
-
-from .conftest import FakeClock
 
 
 class Transient(Exception):
@@ -100,120 +96,3 @@ def test_a_long_outage_does_not_overflow() -> None:
     assert 0.8 <= delays[-1] <= 1.0
     zero = Backoff(0.0, 1.0, multiplier=10.0, jitter=0.0)
     assert {zero.next_delay() for _ in range(2000)} == {0.0}
-
-
-# -- connect_with_retry ----------------------------------------------------------------
-
-
-def retry(
-    connect: FlakyConnect,
-    clock: FakeClock,
-    *,
-    attempts: int = 3,
-    initial: float = 1.0,
-    maximum: float = 10.0,
-    **kwargs: Any,
-) -> str:
-    return connect_with_retry(
-        connect,
-        attempts=attempts,
-        initial=initial,
-        maximum=maximum,
-        is_transient=is_transient,
-        clock=clock,
-        sleep=clock.sleep,
-        **kwargs,
-    )
-
-
-def test_first_try_success_does_not_sleep(clock: FakeClock) -> None:
-    connect = FlakyConnect()
-    assert retry(connect, clock) == "conn"
-    assert connect.calls == 1 and clock.sleeps == []
-
-
-def test_transient_errors_are_retried_with_growing_delays(clock: FakeClock) -> None:
-    connect = FlakyConnect(Transient(), Transient())
-    assert retry(connect, clock, attempts=3) == "conn"
-    assert connect.calls == 3
-    first, second = clock.sleeps
-    assert 0.8 <= first <= 1.2 and 1.6 <= second <= 2.4  # default jitter 0.2
-
-
-def test_delays_are_capped(clock: FakeClock) -> None:
-    connect = FlakyConnect(*[Transient() for _ in range(6)])
-    assert retry(connect, clock, attempts=7, initial=0.5, maximum=1.0) == "conn"
-    assert len(clock.sleeps) == 6 and max(clock.sleeps) <= 1.0
-
-
-def test_stops_after_attempts_and_raises_the_last_error(clock: FakeClock) -> None:
-    errors = [Transient("1"), Transient("2"), Transient("3"), Transient("4")]
-    connect = FlakyConnect(*errors)
-    with pytest.raises(Transient) as info:
-        retry(connect, clock, attempts=3)
-    assert info.value is errors[2]
-    assert connect.calls == 3 and len(clock.sleeps) == 2
-
-
-def test_single_attempt_never_retries(clock: FakeClock) -> None:
-    connect = FlakyConnect(Transient())
-    with pytest.raises(Transient):
-        retry(connect, clock, attempts=1)
-    assert connect.calls == 1 and clock.sleeps == []
-
-
-def test_non_transient_error_is_raised_at_once(clock: FakeClock) -> None:
-    connect = FlakyConnect(Transient(), Fatal("bad password"))
-    with pytest.raises(Fatal):
-        retry(connect, clock, attempts=5)
-    assert connect.calls == 2 and len(clock.sleeps) == 1
-
-
-def test_base_exceptions_are_not_swallowed(clock: FakeClock) -> None:
-    connect = FlakyConnect(KeyboardInterrupt())
-    with pytest.raises(KeyboardInterrupt):
-        retry(connect, clock, attempts=5)
-    assert connect.calls == 1
-
-
-def test_deadline_bounds_the_retries(clock: FakeClock) -> None:
-    # first delay is 0.8..1.2 (fits before the deadline), the second 1.6..2.4 would end past it
-    connect = FlakyConnect(*[Transient() for _ in range(10)])
-    with pytest.raises(Transient):
-        retry(connect, clock, attempts=10, deadline=clock.now + 2.3)
-    assert connect.calls == 2 and len(clock.sleeps) == 1
-
-
-def test_deadline_already_close_means_no_sleep(clock: FakeClock) -> None:
-    connect = FlakyConnect(Transient(), Transient())
-    with pytest.raises(Transient):
-        retry(connect, clock, attempts=3, deadline=clock.now + 0.5)
-    assert connect.calls == 1 and clock.sleeps == []
-
-
-def test_on_failure_sees_every_failed_attempt_and_can_stop_retrying(clock: FakeClock) -> None:
-    seen: list[BaseException] = []
-
-    def on_failure(err: BaseException) -> bool:
-        seen.append(err)
-        return len(seen) < 2  # "the breaker opened" after the second failure
-
-    errors = [Transient(), Transient(), Transient()]
-    connect = FlakyConnect(*errors)
-    with pytest.raises(Transient) as info:
-        retry(connect, clock, attempts=5, on_failure=on_failure)
-    assert seen == errors[:2] and info.value is errors[1]
-    assert connect.calls == 2 and len(clock.sleeps) == 1
-
-
-def test_on_failure_also_sees_non_transient_errors(clock: FakeClock) -> None:
-    seen: list[BaseException] = []
-
-    def on_failure(err: BaseException) -> bool:
-        seen.append(err)
-        return True
-
-    connect = FlakyConnect(Fatal())
-    with pytest.raises(Fatal):
-        retry(connect, clock, on_failure=on_failure)
-    assert len(seen) == 1 and connect.calls == 1

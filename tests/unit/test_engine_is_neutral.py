@@ -24,7 +24,6 @@ NEUTRAL = (
     "breaker",
     "sizing",
     "backoff",
-    "retry",
     "sched",
     "sched_asyncio",
 )
