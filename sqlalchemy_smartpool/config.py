@@ -232,12 +232,12 @@ class PoolConfig:
     #: Which idle connection a checkout takes: the most recently used ("lifo", keeps the
     #: working set hot and lets the rest idle out) or the least recently used ("fifo").
     reuse: ReuseStrategy = "lifo"
-    #: A caller may take an idle connection ahead of queued callers while the longest of
-    #: them has waited less than this (seconds), and a returned connection is kept idle for
-    #: such a caller rather than handed over: no thread switch per request under contention
-    #: (+5-8 % req/s in the fairness benchmark), waits longer by at most this much. 0 makes
-    #: the queue strictly first come, first served.
-    barge_window: float = 0.001
+    #: Strict first come, first served when 0 (the default). Otherwise a caller may take an
+    #: idle connection ahead of queued callers while the longest of them has waited less than
+    #: this (seconds), and a returned connection is kept idle for such a caller rather than
+    #: handed over (one thread switch less per request); waits grow by at most this much.
+    #: Measured in the fairness benchmark: no consistent gain yet (docs/benchmarks.md).
+    barge_window: float = 0.0
     #: Validate a connection on checkout when it sat idle longer than ``validation_interval``.
     validate_on_checkout: bool = True
     validation_interval: float = 0.5
