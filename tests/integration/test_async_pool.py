@@ -629,3 +629,27 @@ def test_another_event_loop_is_refused_cleanly(
     if abackend.kind == "postgresql":
         admin: PgAdmin = request.getfixturevalue("pg_admin")
         assert asyncio.run(until(lambda: admin.count(abackend.app) == 0, timeout=10))
+
+
+def test_metrics_and_health_read_an_async_engine(
+    abackend: AsyncBackend, make_async: AsyncEngineFactory
+) -> None:
+    """The exporters take an AsyncEngine as they take an Engine, and agree with stats()."""
+    from sqlalchemy_smartpool.metrics import PrometheusCollector, health
+
+    async def scenario() -> None:
+        engine = make_async(abackend.url, driver=abackend.driver, min_size=1, max_size=3)
+        pool = pool_of(engine)
+        try:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+                report = health(engine)
+                assert report["status"] == "ok" and report["pool_class"] == "AsyncSmartPool"
+                collector = PrometheusCollector(engine, registry=None)
+                samples = {s.name: s.value for m in collector.collect() for s in m.samples}
+                assert samples["smartpool_pool_in_use"] == pool.stats().pool_in_use == 1
+            assert pool.stats().pool_in_use == 0
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
