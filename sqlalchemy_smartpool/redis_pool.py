@@ -402,15 +402,15 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
         forgotten (never reused, closed or shut down here)."""
         if self.pid == os.getpid():
             return
-        if not self._fork_lock.acquire(timeout=5):  # forked while another thread held it
+        lock = self._fork_lock
+        if not lock.acquire(timeout=5):  # forked while another thread held it
             raise redis_exc.ChildDeadlockedError
         try:
             if self.pid != os.getpid():
-                self._fork_lock = threading.Lock()
                 self._engine = self._new_engine()
-                self.pid = os.getpid()
+                self.pid = os.getpid()  # last: other threads of the child wait on the lock till now
         finally:
-            self._fork_lock.release()
+            lock.release()
 
     # -- redis-py's pool API -----------------------------------------------------------
 
