@@ -122,9 +122,13 @@ def split_kwargs(
 
 
 def _url_kwargs(url: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """redis-py's ``from_url`` merge (URL options win), with ``smartpool_*`` query keys split off."""
+    """redis-py's ``from_url`` merge (URL options win), with the pool settings of the query
+    (``smartpool_<setting>`` or a bare setting name) split off, to be parsed as text."""
     options: dict[str, Any] = _parse_url(url)
     query = {k: options.pop(k) for k in list(options) if k.startswith("smartpool_")}
+    for k in list(options):  # ?max_size=9: a pool setting, as text, spelled without the prefix
+        if k in POOL_KEYWORDS or k.startswith("breaker_"):
+            query[f"smartpool_{k}"] = options.pop(k)
     if "connection_class" in kwargs:
         options["connection_class"] = kwargs["connection_class"]
     return {**kwargs, **options}, query
