@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from .breaker import BreakerState
 from .config import CircuitBreakerConfig, PoolConfig
 from .errors import ConfigError
@@ -19,8 +22,25 @@ from .stats import PoolStats
 
 __version__ = "0.1.0"
 
+#: exported lazily: ``import sqlalchemy_smartpool`` must not import redis
+_LAZY = {
+    "SmartRedisPool": "redis_pool",
+    "AsyncSmartRedisPool": "redis_pool",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "AsyncSmartPool",
+    "AsyncSmartRedisPool",
     "BreakerState",
     "CircuitBreakerConfig",
     "CircuitOpenError",
@@ -30,6 +50,7 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "SmartPool",
+    "SmartRedisPool",
     "TooManyWaiters",
     "__version__",
 ]

@@ -1,0 +1,668 @@
+"""SmartRedisPool and AsyncSmartRedisPool: redis-py's pools on the pool engine.
+
+Drop-ins for ``redis.ConnectionPool`` / ``redis.BlockingConnectionPool`` and
+``redis.asyncio.ConnectionPool``: ``redis.Redis(connection_pool=pool)``. The
+connection is redis-py's own ``Connection`` object; every policy (waiting,
+validation, growth, shrinking, lifetimes, retries, breaker, leaks) is the
+engine's. This module only translates: how a redis connection is opened,
+closed and pinged, which connect errors are transient or permanent, the
+exceptions redis-py users catch (:mod:`.redis_errors`), and the pool API the
+redis-py client calls (``get_connection``, ``release``, ``connection_kwargs``,
+``get_encoder``, ``disconnect``, ``reset``, ``pid``).
+
+Not supported, refused at construction: client-side caching (``cache``,
+``cache_config``: redis-py wraps connections in a pool-owned cache proxy) and
+maintenance notifications / connection handoff (``maint_notifications_config``
+enabled: redis-py's handler walks and rewrites the pool's connection lists and
+connection kwargs under the pool's lock while connections move to another
+endpoint; the engine owns those lists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from asyncio.events import _get_running_loop
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.connection as aio_connection
+from redis import connection as sync_connection
+from redis import exceptions as redis_exc
+from redis._parsers import Encoder
+
+from . import leaks
+from . import stats as S
+from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
+from .engine import SLOT_ATTR, PoolEngine, Runtime
+from .errors import ConfigError, WrongEventLoop
+from .redis_errors import REDIS_ERRORS
+from .sched import Housekeeper
+from .sched_asyncio import LoopRuntime
+
+#: on every connection we open: the backend (and so the engine, and the process) it belongs to
+OWNER_ATTR = "_smartpool_owner"
+#: on every connection we open: the socket (sync) / stream writer (asyncio) it was opened with
+_WIRE_ATTR = "_smartpool_wire"
+
+#: redis-py's own kwargs that are pool settings, not connection settings
+_REDIS_POOL_ARGS = ("max_connections", "timeout", "queue_class")
+#: kwargs for features this pool does not support (see the module docstring)
+_UNSUPPORTED = ("cache", "cache_config", "cache_factory", "oss_cluster_maint_notifications_handler")
+#: redacted in repr(), as redis-py does
+_SENSITIVE = frozenset({"password", "username", "ssl_password", "credential_provider"})
+
+_DISCONNECTS = (redis_exc.ConnectionError, redis_exc.TimeoutError, OSError)
+_AUTH = (redis_exc.AuthenticationError, redis_exc.AuthorizationError)
+_PERMANENT_MESSAGES = ("invalid db index", "db index is out of range", "noauth", "wrongpass", "noperm")
+
+_UNSET: Any = object()
+_parse_url: Callable[[str], dict[str, Any]] = sync_connection.parse_url
+
+
+def split_kwargs(
+    kwargs: Mapping[str, Any], *, url_query: Mapping[str, Any] | None = None
+) -> tuple[PoolConfig, dict[str, Any]]:
+    """Separate pool settings from connection kwargs; returns (config, connection kwargs).
+
+    Pool settings: every :class:`PoolConfig` field (``breaker_<field>`` too) and
+    ``pool_config=``; redis-py's pool arguments ``max_connections`` (-> ``max_size``)
+    and ``timeout`` (``BlockingConnectionPool``'s wait; ``None`` = wait for ever ->
+    ``acquire_timeout``). ``queue_class`` is accepted and ignored (the engine's
+    ``reuse`` decides). Everything else goes to the connection class.
+    """
+    rest = dict(kwargs)
+    base = rest.pop("pool_config", None)
+    given = {k: rest.pop(k) for k in list(rest) if k in POOL_KEYWORDS or k.startswith("breaker_")}
+    redis_given = {k: rest.pop(k) for k in _REDIS_POOL_ARGS if k in rest}
+    redis_given.pop("queue_class", None)
+    for name, field, value in (
+        ("max_connections", "max_size", redis_given.get("max_connections", _UNSET)),
+        ("timeout", "acquire_timeout", redis_given.get("timeout", _UNSET)),
+    ):
+        if value is _UNSET:
+            continue
+        if name == "timeout" and value is None:
+            value = MAX_SECONDS
+        if name == "max_connections" and value is None:
+            continue  # redis-py: None means its default; ours applies
+        if field in given and given[field] != value:
+            raise ConfigError(
+                field,
+                given[field],
+                f"conflicts with redis-py's {name}={value!r}; give only one of them",
+                source="keyword",
+            )
+        given.setdefault(field, value)
+    for name in _UNSUPPORTED:
+        if rest.get(name) is not None:
+            raise ConfigError(name, rest[name], "not supported by SmartRedisPool", source="keyword")
+        rest.pop(name, None)
+    maint = rest.pop("maint_notifications_config", None)
+    if maint is not None and getattr(maint, "enabled", False) is True:
+        raise ConfigError(
+            "maint_notifications_config",
+            maint,
+            "maintenance notifications (connection handoff) are not supported by SmartRedisPool; "
+            "leave it unset or pass MaintNotificationsConfig(enabled=False)",
+            source="keyword",
+        )
+    config = from_pool_arguments(base, given, {}, url_query=url_query)
+    if (
+        config.connect_timeout is not None
+        and rest.get("socket_connect_timeout") is None
+        and rest.get("socket_timeout") is None
+    ):
+        rest["socket_connect_timeout"] = config.connect_timeout  # an unreachable host cannot hang a connect
+    return config, rest
+
+
+def _url_kwargs(url: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """redis-py's ``from_url`` merge (URL options win), with the pool settings of the query
+    (``smartpool_<setting>`` or a bare setting name) split off, to be parsed as text."""
+    options: dict[str, Any] = _parse_url(url)
+    query = {k: options.pop(k) for k in list(options) if k.startswith("smartpool_")}
+    for k in list(options):  # ?max_size=9: a pool setting, as text, spelled without the prefix
+        if k in POOL_KEYWORDS or k.startswith("breaker_"):
+            query[f"smartpool_{k}"] = options.pop(k)
+    if "connection_class" in kwargs:
+        options["connection_class"] = kwargs["connection_class"]
+    return {**kwargs, **options}, query
+
+
+def _is_permanent(err: BaseException) -> bool:
+    if isinstance(err, _AUTH):
+        return True
+    if isinstance(err, redis_exc.ResponseError):
+        text = str(err).lower()
+        return any(m in text for m in _PERMANENT_MESSAGES) or isinstance(
+            err, redis_exc.NoPermissionError
+        )
+    return False
+
+
+def _is_transient(err: BaseException) -> bool:
+    return isinstance(err, _DISCONNECTS) and not isinstance(err, _AUTH)
+
+
+def _parse_maxclients(reply: Any) -> int | None:
+    """``CONFIG GET maxclients``: a [name, value] list (RESP2) or a {name: value} map (RESP3)."""
+    if isinstance(reply, dict):
+        values = list(reply.values())
+    elif isinstance(reply, (list, tuple)):
+        values = list(reply[1:2])
+    else:
+        return None
+    try:
+        return int(values[0]) if values else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _ok_pong(reply: Any) -> bool:
+    return reply in (b"PONG", "PONG", True)
+
+
+class _SyncBackend:
+    """The engine's :class:`~.engine.Backend` for ``redis.Connection`` objects."""
+
+    def __init__(self, connection_class: Any, kwargs: dict[str, Any]) -> None:
+        self._cls = connection_class
+        self._kwargs = kwargs
+        self.pid = os.getpid()
+        self.engine: PoolEngine[Any] | None = None
+
+    def open(self) -> Any:
+        conn = self._cls(**self._kwargs)
+        conn.connect()
+        setattr(conn, OWNER_ATTR, self)
+        setattr(conn, _WIRE_ATTR, conn._sock)
+        return conn
+
+    def close(self, conn: Any, reason: BaseException | None = None) -> None:
+        conn.disconnect()
+
+    def same_wire(self, conn: Any) -> bool:
+        """Still on the socket it was opened with (redis-py reconnects on its own after errors)."""
+        sock = conn._sock
+        return sock is not None and sock is getattr(conn, _WIRE_ATTR, None)
+
+    def ping(self, conn: Any) -> bool:
+        if not self.same_wire(conn):
+            return False
+        try:
+            if conn.can_read():  # unread data: a reply nobody read, or the server's goodbye
+                return False
+            conn.send_command("PING", check_health=False)
+            return _ok_pong(conn.read_response())
+        except _DISCONNECTS:
+            return False
+
+    def reusable(self, conn: Any) -> bool:
+        """May a released connection serve the next caller? Connected, on its own socket,
+        not marked for reconnect, and nothing unread (redis-py's "Connection has data")."""
+        if not self.same_wire(conn) or conn.should_reconnect():
+            return False
+        try:
+            return not conn.can_read()
+        except _DISCONNECTS:
+            return False
+
+    def is_transient(self, err: BaseException) -> bool:
+        return _is_transient(err)
+
+    def is_permanent(self, err: BaseException) -> bool:
+        return _is_permanent(err)
+
+    def socket_fd(self, conn: Any) -> int | None:
+        sock = conn._sock
+        return sock.fileno() if sock is not None else None
+
+    def server_limit(self, conn: Any) -> int | None:
+        try:
+            conn.send_command("CONFIG", "GET", "maxclients", check_health=False)
+            return _parse_maxclients(conn.read_response())
+        except redis_exc.ResponseError:  # CONFIG disabled, renamed or not permitted
+            return None
+
+    def closed_probe(self, conn: Any) -> Callable[[], bool] | None:
+        return None
+
+
+class _PoolBase:
+    """What both pools share: kwargs, config, repr, encoder, stats."""
+
+    connection_class: Any
+    _engine: PoolEngine[Any]
+
+    def __init__(
+        self, connection_class: Any, kwargs: dict[str, Any], url_query: Mapping[str, Any] | None
+    ) -> None:
+        config, conn_kwargs = split_kwargs(kwargs, url_query=url_query)
+        if conn_kwargs.get("himport_registry") is None:
+            registry_cls = _himport_registry()
+            if registry_cls is not None:  # redis-py >= 8.1 shares one registry across connections
+                conn_kwargs["himport_registry"] = registry_cls()
+        self.himport_registry = conn_kwargs.get("himport_registry")
+        connection_class(**conn_kwargs)  # a bad keyword fails here, not in a background connect
+        self.connection_class = connection_class
+        self._connection_kwargs = conn_kwargs
+        self._config = config
+        self._clock: Callable[[], float] = time.monotonic
+        self._name = config.name or f"redis-0x{id(self):x}"
+        self.cache = None  # client-side caching is not supported (see the module docstring)
+
+    # -- what redis-py's clients read --------------------------------------------------
+
+    @property
+    def connection_kwargs(self) -> dict[str, Any]:
+        return self._connection_kwargs
+
+    @connection_kwargs.setter
+    def connection_kwargs(self, value: dict[str, Any]) -> None:
+        self._connection_kwargs = value
+        self._engine.backend._kwargs = value  # type: ignore[attr-defined]
+
+    @property
+    def max_connections(self) -> int:
+        return self._config.max_size
+
+    @property
+    def config(self) -> PoolConfig:
+        return self._config
+
+    def get_protocol(self) -> Any:
+        return self._connection_kwargs.get("protocol")
+
+    def get_encoder(self) -> Any:
+        kw = self._connection_kwargs
+        return kw.get("encoder_class", Encoder)(
+            encoding=kw.get("encoding", "utf-8"),
+            encoding_errors=kw.get("encoding_errors", "strict"),
+            decode_responses=kw.get("decode_responses", False),
+        )
+
+    def set_retry(self, retry: Any) -> None:
+        self._connection_kwargs["retry"] = retry
+        for conn in self._connections():
+            conn.retry = retry
+
+    def maint_notifications_enabled(self) -> bool:
+        return False
+
+    def owns_connection(self, connection: Any) -> bool:
+        owner = getattr(connection, OWNER_ATTR, None)
+        return owner is not None and owner.engine is self._engine and owner.pid == os.getpid()
+
+    def get_connection_count(self) -> list[tuple[int, dict[str, Any]]]:
+        core = self._engine.core
+        return [(len(core.idle), {"state": "idle"}), (core.in_use, {"state": "used"})]
+
+    def __repr__(self) -> str:
+        pieces = ",".join(
+            f"{k}={'<REDACTED>' if k in _SENSITIVE else v}"
+            for k, v in self._connection_kwargs.items()
+            if k != "himport_registry"
+        )
+        cls = self.connection_class
+        return (
+            f"<{type(self).__module__}.{type(self).__name__}"
+            f"(<{cls.__module__}.{cls.__name__}({pieces})>) "
+            f"min_size={self._config.min_size} max_size={self._config.max_size}>"
+        )
+
+    # -- the pool's own API ------------------------------------------------------------
+
+    def stats(self) -> S.PoolStats:
+        """A consistent snapshot of gauges, counters and wait percentiles."""
+        return self._engine.stats()
+
+    def suspected_leaks(self) -> list[leaks.LeakInfo]:
+        """Checkouts held longer than ``leak_detection_threshold``, oldest first."""
+        return self._engine.suspected_leaks()
+
+    def size(self) -> int:
+        """Open connections (idle + in use)."""
+        return self._engine.core.size
+
+    def _connections(self) -> list[Any]:
+        engine = self._engine
+        with engine._lock:
+            return [s.conn for s in engine.core.idle] + [s.conn for s in engine.core.leased.values()]
+
+    def _in_use(self) -> list[Any]:
+        engine = self._engine
+        with engine._lock:
+            return [s.conn for s in engine.core.leased.values()]
+
+    def _owned_slot(self, connection: Any) -> Any:
+        """The slot of a connection this pool's current engine handed out, else None."""
+        owner = getattr(connection, OWNER_ATTR, None)
+        slot = getattr(connection, SLOT_ATTR, None)
+        if owner is None or slot is None or owner.pid != os.getpid():
+            return None  # not ours, or a parent process's: never touch its socket
+        engine = owner.engine
+        if engine is None or engine.core.leased.get(slot.id) is not slot:
+            return None  # released twice
+        return slot
+
+
+def _himport_registry() -> Any:
+    try:
+        from redis.himport import HImportRegistry
+    except ImportError:  # pragma: no cover - redis-py < 8.1
+        return None
+    return HImportRegistry
+
+
+class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
+    """A fair, adaptive, self-healing pool for ``redis.Redis(connection_pool=pool)``.
+
+    ``SmartRedisPool(host=..., port=..., db=..., min_size=2, max_size=20)`` or
+    ``SmartRedisPool.from_url("redis://host:6379/0", max_size=20)``: every
+    :class:`PoolConfig` field is a keyword (``pool_config=`` too); redis-py's
+    ``max_connections`` means ``max_size`` and ``BlockingConnectionPool``'s
+    ``timeout`` means ``acquire_timeout``; all other keywords go to
+    ``connection_class`` as with redis-py. Callers wait (FIFO, up to
+    ``acquire_timeout``) when all connections are busy, as with
+    ``BlockingConnectionPool``; a timeout raises :class:`~.redis_errors.RedisPoolTimeout`,
+    a ``redis.ConnectionError``.
+
+    ``disconnect()`` closes connections and keeps the pool usable (as
+    redis-py's); ``close()`` closes it for good. Fork-safe: a child process
+    gets a fresh pool on its first use and never touches its parent's sockets.
+    """
+
+    def __init__(self, connection_class: Any = redis.Connection, **kwargs: Any) -> None:
+        url_query = kwargs.pop("_url_query", None)
+        super().__init__(connection_class, kwargs, url_query)
+        self._fork_lock = threading.Lock()
+        self._engine = self._new_engine()
+        self.pid = os.getpid()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> SmartRedisPool:
+        """As ``redis.ConnectionPool.from_url``; ``smartpool_<setting>`` query keys are pool settings."""
+        merged, query = _url_kwargs(url, kwargs)
+        return cls(**merged, _url_query=query)
+
+    def _new_engine(self) -> PoolEngine[Any]:
+        backend = _SyncBackend(self.connection_class, self._connection_kwargs)
+        engine: PoolEngine[Any] = PoolEngine(
+            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
+        )
+        backend.engine = engine
+        return engine
+
+    def _runtime(self, name: str, workers: int) -> Runtime:
+        return Housekeeper(name, workers=workers, clock=self._clock)
+
+    def _checkpid(self) -> None:
+        """After ``os.fork()``: a fresh engine for the child; the parent's connections are
+        forgotten (never reused, closed or shut down here)."""
+        if self.pid == os.getpid():
+            return
+        lock = self._fork_lock
+        if not lock.acquire(timeout=5):  # forked while another thread held it
+            raise redis_exc.ChildDeadlockedError
+        try:
+            if self.pid != os.getpid():
+                self._engine = self._new_engine()
+                self.pid = os.getpid()  # last: other threads of the child wait on the lock till now
+        finally:
+            lock.release()
+
+    # -- redis-py's pool API -----------------------------------------------------------
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        """A connected connection (the command-name arguments of redis-py < 5.3 are ignored)."""
+        if self.pid != os.getpid():
+            self._checkpid()
+        return self._engine.checkout()
+
+    def release(self, connection: Any) -> None:
+        """Take a connection back; one with unread data, or disconnected, is replaced."""
+        if self.pid != os.getpid():
+            self._checkpid()
+        slot = self._owned_slot(connection)
+        if slot is None:
+            return
+        owner = getattr(connection, OWNER_ATTR)
+        usable = owner.reusable(connection)
+        if not usable and not owner.same_wire(connection):
+            owner.engine.disconnect_seen()  # it died in use: older ones are suspect
+        owner.engine.checkin(slot, usable)
+
+    def disconnect(self, inuse_connections: bool = True) -> None:
+        """Close idle connections (and, by default, those in use: as redis-py, their
+        next command fails or reconnects; they are replaced when released). The pool stays usable."""
+        self._checkpid()
+        self._engine.dispose()
+        if inuse_connections:
+            for conn in self._in_use():
+                conn.disconnect()
+
+    def close(self) -> None:
+        """Close for good: fail waiters, close idle connections; in-use ones close on release."""
+        self._checkpid()
+        self._engine.close()
+
+    def reset(self) -> None:
+        """Start over with a fresh engine (the old one is closed)."""
+        if self.pid != os.getpid():
+            self._checkpid()
+            return
+        old, self._engine = self._engine, self._new_engine()
+        old.close()
+
+    def re_auth_callback(self, token: Any) -> None:
+        """New credentials: every connection re-authenticates when next used."""
+        for conn in self._connections():
+            conn.set_re_auth_token(token)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Start the pool and block until ``min_size`` connections are open (prewarm)."""
+        self._checkpid()
+        self._engine.wait_ready(timeout)
+
+    def __enter__(self) -> SmartRedisPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- asyncio
+
+
+def _aio_closed(conn: Any) -> bool:
+    """The driver knows: the stream hit EOF, or holds bytes nobody asked for."""
+    reader = conn._reader
+    return reader is None or reader.at_eof() or bool(getattr(reader, "_buffer", b""))
+
+
+class _AsyncBackend(_SyncBackend):
+    """The engine's Backend for ``redis.asyncio.Connection``: the same calls, each awaited
+    from the engine's greenlet."""
+
+    def __init__(self, connection_class: Any, kwargs: dict[str, Any], await_: Callable[[Any], Any]) -> None:
+        super().__init__(connection_class, kwargs)
+        self._await = await_
+
+    def open(self) -> Any:
+        conn = self._cls(**self._kwargs)
+        self._await(conn.connect())
+        setattr(conn, OWNER_ATTR, self)
+        setattr(conn, _WIRE_ATTR, conn._writer)
+        return conn
+
+    def close(self, conn: Any, reason: BaseException | None = None) -> None:
+        self._await(conn.disconnect())
+
+    def same_wire(self, conn: Any) -> bool:
+        writer = conn._writer
+        return writer is not None and writer is getattr(conn, _WIRE_ATTR, None) and conn.is_connected
+
+    def _can_read(self, conn: Any) -> bool:
+        check = getattr(conn, "can_read", None) or conn.can_read_destructive
+        return bool(self._await(check()))
+
+    def ping(self, conn: Any) -> bool:
+        if not self.same_wire(conn):
+            return False
+        try:
+            if self._can_read(conn):
+                return False
+            self._await(conn.send_command("PING", check_health=False))
+            return _ok_pong(self._await(conn.read_response()))
+        except _DISCONNECTS:
+            return False
+
+    def reusable(self, conn: Any) -> bool:
+        if not self.same_wire(conn) or conn.should_reconnect():
+            return False
+        try:
+            return not self._can_read(conn)
+        except _DISCONNECTS:
+            return False
+
+    def socket_fd(self, conn: Any) -> int | None:
+        writer = conn._writer
+        sock = writer.transport.get_extra_info("socket") if writer is not None else None
+        return sock.fileno() if sock is not None else None
+
+    def server_limit(self, conn: Any) -> int | None:
+        try:
+            self._await(conn.send_command("CONFIG", "GET", "maxclients", check_health=False))
+            return _parse_maxclients(self._await(conn.read_response()))
+        except redis_exc.ResponseError:
+            return None
+
+    def closed_probe(self, conn: Any) -> Callable[[], bool] | None:
+        return lambda: _aio_closed(conn)
+
+
+class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
+    """:class:`SmartRedisPool` for ``redis.asyncio.Redis(connection_pool=pool)``.
+
+    The same engine and settings; its runtime is the event loop the pool is
+    first used on (waiters await a future, connects and pings run as tasks).
+    The engine's blocking-style code runs in greenlets (SQLAlchemy's
+    ``greenlet_spawn``), as SQLAlchemy's asyncio extension runs its Engine.
+    A pool bound to one loop refuses callers from another with
+    :class:`~.errors.WrongEventLoop`; ``await pool.disconnect()`` releases it.
+    """
+
+    def __init__(self, connection_class: Any = redis.asyncio.Connection, **kwargs: Any) -> None:
+        from sqlalchemy.util import concurrency
+
+        url_query = kwargs.pop("_url_query", None)
+        super().__init__(connection_class, kwargs, url_query)
+        self._spawn = concurrency.greenlet_spawn
+        self._await_ = getattr(concurrency, "await_", None) or concurrency.await_only
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._engine = self._new_engine()
+        self.pid = os.getpid()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> AsyncSmartRedisPool:
+        """As ``redis.asyncio.ConnectionPool.from_url``; ``smartpool_<setting>`` keys are pool settings."""
+        merged, query = _url_kwargs(url, kwargs)
+        if merged.get("connection_class") is sync_connection.SSLConnection:
+            merged["connection_class"] = aio_connection.SSLConnection
+        elif merged.get("connection_class") is sync_connection.UnixDomainSocketConnection:
+            merged["connection_class"] = aio_connection.UnixDomainSocketConnection
+        return cls(**merged, _url_query=query)
+
+    def _new_engine(self) -> PoolEngine[Any]:
+        backend = _AsyncBackend(self.connection_class, self._connection_kwargs, self._await_)
+        engine: PoolEngine[Any] = PoolEngine(
+            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
+        )
+        backend.engine = engine
+        return engine
+
+    def _runtime(self, name: str, workers: int) -> Runtime:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise WrongEventLoop(f"pool {name}: an asyncio pool needs a running event loop") from None
+        self._loop = loop
+        return LoopRuntime(name, loop=loop, spawn=self._spawn, await_=self._await_, clock=self._clock)
+
+    def _fresh_after_fork(self) -> None:
+        if self.pid != os.getpid():  # a child process: forget the parent's connections
+            self._engine = self._new_engine()
+            self._loop = None
+            self.pid = os.getpid()
+
+    def _checkout(self) -> Any:
+        rt = self._engine._rt
+        if rt is not None and _get_running_loop() is not self._loop:
+            rt.check_caller()  # raises WrongEventLoop with the story
+        return self._engine.checkout()
+
+    # -- redis.asyncio's pool API ------------------------------------------------------
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        """A connected connection (legacy command-name arguments are ignored)."""
+        self._fresh_after_fork()
+        return await self._spawn(self._checkout)
+
+    async def release(self, connection: Any) -> None:
+        self._fresh_after_fork()
+        slot = self._owned_slot(connection)
+        if slot is None:
+            return
+        await self._spawn(self._checkin, connection, slot)
+
+    def _checkin(self, connection: Any, slot: Any) -> None:
+        owner = getattr(connection, OWNER_ATTR)
+        try:
+            usable = owner.reusable(connection)
+        except BaseException:  # cancelled while looking: the slot still goes back
+            owner.engine.checkin(slot, False)
+            raise
+        if not usable and not owner.same_wire(connection):
+            owner.engine.disconnect_seen()
+        owner.engine.checkin(slot, usable)
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """Close idle connections (and by default those in use); the pool stays usable
+        and may be used on another event loop afterwards."""
+        self._fresh_after_fork()
+        await self._spawn(self._engine.dispose)
+        self._loop = None
+        if inuse_connections:
+            for conn in self._in_use():
+                await conn.disconnect()
+
+    async def aclose(self) -> None:
+        """Close for good: fail waiters, close idle connections; in-use ones close on release."""
+        self._fresh_after_fork()
+        await self._spawn(self._engine.close)
+
+    def reset(self) -> None:
+        """Start over with a fresh engine; the old one's connections are dropped unclosed
+        (their sockets close when collected) -- prefer ``await disconnect()``."""
+        old, self._engine = self._engine, self._new_engine()
+        self._loop = None
+        old._stop_runtime()
+
+    async def re_auth_callback(self, token: Any) -> None:
+        for conn in self._connections():
+            conn.set_re_auth_token(token)
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        """Start the pool and wait until ``min_size`` connections are open (prewarm)."""
+        await self._spawn(self._engine.wait_ready, timeout)
+
+    async def __aenter__(self) -> AsyncSmartRedisPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
