@@ -198,8 +198,9 @@ def test_fifo_handoff_and_growth_under_load(
             assert sorted(served) == list(range(n))
             displacement = max(abs(pos - i) for pos, i in enumerate(served))
             assert displacement <= max_size, f"served out of order: {served}"
-            first, last = [waited[i] for i in range(10)], [waited[i] for i in range(n - 10, n)]
-            assert max(first) < min(last), (first, last)
+            # (order, not wall-clock waits: on a loaded machine a task served at once can
+            # still be descheduled for longer than a queued one waits)
+            assert len(waited) == n
             assert peak == max_size, f"grew only to {peak}"
             stats = pool.stats()
             assert stats.pool_in_use == 0 and stats.requests_waiting == 0

@@ -114,7 +114,6 @@ SELECT="not ($(join "${BY_DESIGN[@]}")) and $NOT_KNOWN"
 SELECT_SQLITE="$SELECT and not ($(join "${BY_DESIGN_SQLITE[@]}")) and not $SQLITE_BASELINE"
 
 # -- 3. run --------------------------------------------------------------------------------
-cd "$SRC"
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 RUN_DIR="$(mktemp -d "$CACHE/run.XXXXXX")"
 cleanup() {
@@ -131,6 +130,10 @@ EOF
     fi
 }
 trap cleanup EXIT
+# a copy per run: SQLAlchemy's sqlite tests write their database files (test_schema.db, ...)
+# into the working directory, and two runs side by side must not share them
+cp -a "$SRC/test" "$SRC/lib" "$SRC"/*.cfg "$SRC"/*.toml "$SRC"/*.ini "$RUN_DIR/" 2>/dev/null || cp -a "$SRC/." "$RUN_DIR/"
+cd "$RUN_DIR"
 status=0
 run() {
     local label="$1"
