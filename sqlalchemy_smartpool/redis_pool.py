@@ -167,38 +167,58 @@ def _ok_pong(reply: Any) -> bool:
     return reply in (b"PONG", "PONG", True)
 
 
-class _SyncBackend:
-    """The engine's :class:`~.engine.Backend` for ``redis.Connection`` objects."""
+def _identity(value: Any) -> Any:
+    return value
 
-    def __init__(self, connection_class: Any, kwargs: dict[str, Any]) -> None:
+
+class _SyncBackend:
+    """The engine's :class:`~.engine.Backend` for ``redis.Connection`` objects.
+
+    Written once for both pools: every driver call goes through ``self._await``
+    (the identity here; the greenlet bridge's ``await_`` in :class:`_AsyncBackend`),
+    so only what really differs -- the wire object, how unread data is seen, the
+    socket -- is overridden there.
+    """
+
+    def __init__(
+        self, connection_class: Any, kwargs: dict[str, Any], await_: Callable[[Any], Any] = _identity
+    ) -> None:
         self._cls = connection_class
         self._kwargs = kwargs
+        self._await = await_
         self.pid = os.getpid()
         self.engine: PoolEngine[Any] | None = None
 
+    def _wire(self, conn: Any) -> Any:
+        """The object a connection talks through (redis-py replaces it when it reconnects)."""
+        return conn._sock
+
+    def _can_read(self, conn: Any) -> bool:
+        return bool(conn.can_read())
+
     def open(self) -> Any:
         conn = self._cls(**self._kwargs)
-        conn.connect()
+        self._await(conn.connect())
         setattr(conn, OWNER_ATTR, self)
-        setattr(conn, _WIRE_ATTR, conn._sock)
+        setattr(conn, _WIRE_ATTR, self._wire(conn))
         return conn
 
     def close(self, conn: Any, reason: BaseException | None = None) -> None:
-        conn.disconnect()
+        self._await(conn.disconnect())
 
     def same_wire(self, conn: Any) -> bool:
         """Still on the socket it was opened with (redis-py reconnects on its own after errors)."""
-        sock = conn._sock
-        return sock is not None and sock is getattr(conn, _WIRE_ATTR, None)
+        wire = self._wire(conn)
+        return wire is not None and wire is getattr(conn, _WIRE_ATTR, None)
 
     def ping(self, conn: Any) -> bool:
         if not self.same_wire(conn):
             return False
         try:
-            if conn.can_read():  # unread data: a reply nobody read, or the server's goodbye
+            if self._can_read(conn):  # unread data: a reply nobody read, or the server's goodbye
                 return False
-            conn.send_command("PING", check_health=False)
-            return _ok_pong(conn.read_response())
+            self._await(conn.send_command("PING", check_health=False))
+            return _ok_pong(self._await(conn.read_response()))
         except _DISCONNECTS:
             return False
 
@@ -208,9 +228,14 @@ class _SyncBackend:
         if not self.same_wire(conn) or conn.should_reconnect():
             return False
         try:
-            return not conn.can_read()
+            return not self._can_read(conn)
         except _DISCONNECTS:
             return False
+
+    def judge(self, conn: Any) -> tuple[bool, bool]:
+        """For :meth:`PoolEngine.return_judged`: (may serve again, died while held)."""
+        usable = self.reusable(conn)
+        return usable, not usable and not self.same_wire(conn)
 
     def is_transient(self, err: BaseException) -> bool:
         return _is_transient(err)
@@ -224,8 +249,8 @@ class _SyncBackend:
 
     def server_limit(self, conn: Any) -> int | None:
         try:
-            conn.send_command("CONFIG", "GET", "maxclients", check_health=False)
-            return _parse_maxclients(conn.read_response())
+            self._await(conn.send_command("CONFIG", "GET", "maxclients", check_health=False))
+            return _parse_maxclients(self._await(conn.read_response()))
         except redis_exc.ResponseError:  # CONFIG disabled, renamed or not permitted
             return None
 
@@ -487,60 +512,22 @@ def _aio_closed(conn: Any) -> bool:
 
 class _AsyncBackend(_SyncBackend):
     """The engine's Backend for ``redis.asyncio.Connection``: the same calls, each awaited
-    from the engine's greenlet."""
+    from the engine's greenlet (``await_``); only the wire and the socket differ."""
 
-    def __init__(self, connection_class: Any, kwargs: dict[str, Any], await_: Callable[[Any], Any]) -> None:
-        super().__init__(connection_class, kwargs)
-        self._await = await_
-
-    def open(self) -> Any:
-        conn = self._cls(**self._kwargs)
-        self._await(conn.connect())
-        setattr(conn, OWNER_ATTR, self)
-        setattr(conn, _WIRE_ATTR, conn._writer)
-        return conn
-
-    def close(self, conn: Any, reason: BaseException | None = None) -> None:
-        self._await(conn.disconnect())
+    def _wire(self, conn: Any) -> Any:
+        return conn._writer
 
     def same_wire(self, conn: Any) -> bool:
-        writer = conn._writer
-        return writer is not None and writer is getattr(conn, _WIRE_ATTR, None) and conn.is_connected
+        return super().same_wire(conn) and bool(conn.is_connected)
 
     def _can_read(self, conn: Any) -> bool:
         check = getattr(conn, "can_read", None) or conn.can_read_destructive
         return bool(self._await(check()))
 
-    def ping(self, conn: Any) -> bool:
-        if not self.same_wire(conn):
-            return False
-        try:
-            if self._can_read(conn):
-                return False
-            self._await(conn.send_command("PING", check_health=False))
-            return _ok_pong(self._await(conn.read_response()))
-        except _DISCONNECTS:
-            return False
-
-    def reusable(self, conn: Any) -> bool:
-        if not self.same_wire(conn) or conn.should_reconnect():
-            return False
-        try:
-            return not self._can_read(conn)
-        except _DISCONNECTS:
-            return False
-
     def socket_fd(self, conn: Any) -> int | None:
         writer = conn._writer
         sock = writer.transport.get_extra_info("socket") if writer is not None else None
         return sock.fileno() if sock is not None else None
-
-    def server_limit(self, conn: Any) -> int | None:
-        try:
-            self._await(conn.send_command("CONFIG", "GET", "maxclients", check_health=False))
-            return _parse_maxclients(self._await(conn.read_response()))
-        except redis_exc.ResponseError:
-            return None
 
     def closed_probe(self, conn: Any) -> Callable[[], bool] | None:
         return lambda: _aio_closed(conn)
