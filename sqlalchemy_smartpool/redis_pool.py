@@ -26,7 +26,7 @@ import threading
 import time
 from asyncio.events import _get_running_loop
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -61,6 +61,7 @@ _AUTH = (redis_exc.AuthenticationError, redis_exc.AuthorizationError)
 _PERMANENT_MESSAGES = ("invalid db index", "db index is out of range", "noauth", "wrongpass", "noperm")
 
 _UNSET: Any = object()
+_P = TypeVar("_P", bound="_PoolBase")
 _parse_url: Callable[[str], dict[str, Any]] = sync_connection.parse_url
 
 
@@ -259,14 +260,16 @@ class _SyncBackend:
 
 
 class _PoolBase:
-    """What both pools share: kwargs, config, repr, encoder, stats."""
+    """What both pools share -- everything but the sync/async shells of redis-py's API:
+    kwargs, config, engine construction, fork handling, the return path, repr, encoder, stats."""
 
     connection_class: Any
     _engine: PoolEngine[Any]
+    _backend_class: type[_SyncBackend] = _SyncBackend
+    _await_: Callable[[Any], Any] = staticmethod(_identity)
 
-    def __init__(
-        self, connection_class: Any, kwargs: dict[str, Any], url_query: Mapping[str, Any] | None
-    ) -> None:
+    def __init__(self, connection_class: Any, **kwargs: Any) -> None:
+        url_query = kwargs.pop("_url_query", None)
         config, conn_kwargs = split_kwargs(kwargs, url_query=url_query)
         if conn_kwargs.get("himport_registry") is None:
             registry_cls = _himport_registry()
@@ -280,6 +283,68 @@ class _PoolBase:
         self._clock: Callable[[], float] = time.monotonic
         self._name = config.name or f"redis-0x{id(self):x}"
         self.cache = None  # client-side caching is not supported (see the module docstring)
+        self._fork_lock = threading.Lock()
+        self._engine = self._new_engine()
+        self.pid = os.getpid()
+
+    @classmethod
+    def from_url(cls: type[_P], url: str, **kwargs: Any) -> _P:
+        """As redis-py's ``ConnectionPool.from_url``; ``smartpool_<setting>`` query keys
+        (or a bare setting name: ``?max_size=9``) are pool settings."""
+        merged, query = _url_kwargs(url, kwargs)
+        return cls(**cls._url_connection_class(merged), _url_query=query)
+
+    @staticmethod
+    def _url_connection_class(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return kwargs
+
+    def _runtime(self, name: str, workers: int) -> Runtime:
+        raise NotImplementedError
+
+    def _new_engine(self) -> PoolEngine[Any]:
+        backend = self._backend_class(self.connection_class, self._connection_kwargs, self._await_)
+        engine: PoolEngine[Any] = PoolEngine(
+            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
+        )
+        backend.engine = engine
+        return engine
+
+    def _checkpid(self) -> None:
+        """After ``os.fork()``: a fresh engine for the child; the parent's connections are
+        forgotten (never reused, closed or shut down here)."""
+        if self.pid == os.getpid():
+            return
+        lock = self._fork_lock
+        if not lock.acquire(timeout=5):  # forked while another thread held it
+            raise redis_exc.ChildDeadlockedError
+        try:
+            if self.pid != os.getpid():
+                self._engine = self._new_engine()
+                self.pid = os.getpid()  # last: other threads of the child wait on the lock till now
+        finally:
+            lock.release()
+
+    def _return(self, connection: Any) -> None:
+        """Take a connection back (blocking-style: the async pool runs it in a greenlet).
+        One with unread data, or disconnected, is replaced; not ours, or released twice: ignored."""
+        slot = self._owned_slot(connection)
+        if slot is None:
+            return
+        owner = getattr(connection, OWNER_ATTR)
+        owner.engine.return_judged(slot, lambda: owner.judge(connection))
+
+    def _disconnect(self, inuse_connections: bool) -> None:
+        """redis-py's ``disconnect()``: idle connections closed, and by default those in use
+        too (their next command fails or reconnects; they are replaced when released)."""
+        engine = self._engine
+        engine.dispose()
+        if inuse_connections:
+            for conn in engine.connections(in_use_only=True):
+                engine.backend.close(conn)
+
+    def _re_auth(self, token: Any) -> None:
+        for conn in self._engine.connections():
+            conn.set_re_auth_token(token)
 
     # -- what redis-py's clients read --------------------------------------------------
 
@@ -313,7 +378,7 @@ class _PoolBase:
 
     def set_retry(self, retry: Any) -> None:
         self._connection_kwargs["retry"] = retry
-        for conn in self._connections():
+        for conn in self._engine.connections():
             conn.retry = retry
 
     def maint_notifications_enabled(self) -> bool:
@@ -354,16 +419,6 @@ class _PoolBase:
         """Open connections (idle + in use)."""
         return self._engine.core.size
 
-    def _connections(self) -> list[Any]:
-        engine = self._engine
-        with engine._lock:
-            return [s.conn for s in engine.core.idle] + [s.conn for s in engine.core.leased.values()]
-
-    def _in_use(self) -> list[Any]:
-        engine = self._engine
-        with engine._lock:
-            return [s.conn for s in engine.core.leased.values()]
-
     def _owned_slot(self, connection: Any) -> Any:
         """The slot of a connection this pool's current engine handed out, else None."""
         owner = getattr(connection, OWNER_ATTR, None)
@@ -371,7 +426,7 @@ class _PoolBase:
         if owner is None or slot is None or owner.pid != os.getpid():
             return None  # not ours, or a parent process's: never touch its socket
         engine = owner.engine
-        if engine is None or engine.core.leased.get(slot.id) is not slot:
+        if engine is None or not engine.is_leased(slot):
             return None  # released twice
         return slot
 
@@ -403,43 +458,10 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
     """
 
     def __init__(self, connection_class: Any = redis.Connection, **kwargs: Any) -> None:
-        url_query = kwargs.pop("_url_query", None)
-        super().__init__(connection_class, kwargs, url_query)
-        self._fork_lock = threading.Lock()
-        self._engine = self._new_engine()
-        self.pid = os.getpid()
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> SmartRedisPool:
-        """As ``redis.ConnectionPool.from_url``; ``smartpool_<setting>`` query keys are pool settings."""
-        merged, query = _url_kwargs(url, kwargs)
-        return cls(**merged, _url_query=query)
-
-    def _new_engine(self) -> PoolEngine[Any]:
-        backend = _SyncBackend(self.connection_class, self._connection_kwargs)
-        engine: PoolEngine[Any] = PoolEngine(
-            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
-        )
-        backend.engine = engine
-        return engine
+        super().__init__(connection_class, **kwargs)
 
     def _runtime(self, name: str, workers: int) -> Runtime:
         return Housekeeper(name, workers=workers, clock=self._clock)
-
-    def _checkpid(self) -> None:
-        """After ``os.fork()``: a fresh engine for the child; the parent's connections are
-        forgotten (never reused, closed or shut down here)."""
-        if self.pid == os.getpid():
-            return
-        lock = self._fork_lock
-        if not lock.acquire(timeout=5):  # forked while another thread held it
-            raise redis_exc.ChildDeadlockedError
-        try:
-            if self.pid != os.getpid():
-                self._engine = self._new_engine()
-                self.pid = os.getpid()  # last: other threads of the child wait on the lock till now
-        finally:
-            lock.release()
 
     # -- redis-py's pool API -----------------------------------------------------------
 
@@ -453,23 +475,13 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
         """Take a connection back; one with unread data, or disconnected, is replaced."""
         if self.pid != os.getpid():
             self._checkpid()
-        slot = self._owned_slot(connection)
-        if slot is None:
-            return
-        owner = getattr(connection, OWNER_ATTR)
-        usable = owner.reusable(connection)
-        if not usable and not owner.same_wire(connection):
-            owner.engine.disconnect_seen()  # it died in use: older ones are suspect
-        owner.engine.checkin(slot, usable)
+        self._return(connection)
 
     def disconnect(self, inuse_connections: bool = True) -> None:
         """Close idle connections (and, by default, those in use: as redis-py, their
         next command fails or reconnects; they are replaced when released). The pool stays usable."""
         self._checkpid()
-        self._engine.dispose()
-        if inuse_connections:
-            for conn in self._in_use():
-                conn.disconnect()
+        self._disconnect(inuse_connections)
 
     def close(self) -> None:
         """Close for good: fail waiters, close idle connections; in-use ones close on release."""
@@ -486,8 +498,7 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
 
     def re_auth_callback(self, token: Any) -> None:
         """New credentials: every connection re-authenticates when next used."""
-        for conn in self._connections():
-            conn.set_re_auth_token(token)
+        self._re_auth(token)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Start the pool and block until ``min_size`` connections are open (prewarm)."""
@@ -544,34 +555,24 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
     :class:`~.errors.WrongEventLoop`; ``await pool.disconnect()`` releases it.
     """
 
+    _backend_class = _AsyncBackend
+
     def __init__(self, connection_class: Any = redis.asyncio.Connection, **kwargs: Any) -> None:
         from sqlalchemy.util import concurrency
 
-        url_query = kwargs.pop("_url_query", None)
-        super().__init__(connection_class, kwargs, url_query)
         self._spawn = concurrency.greenlet_spawn
         self._await_ = getattr(concurrency, "await_", None) or concurrency.await_only
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._engine = self._new_engine()
-        self.pid = os.getpid()
+        super().__init__(connection_class, **kwargs)
 
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> AsyncSmartRedisPool:
-        """As ``redis.asyncio.ConnectionPool.from_url``; ``smartpool_<setting>`` keys are pool settings."""
-        merged, query = _url_kwargs(url, kwargs)
-        if merged.get("connection_class") is sync_connection.SSLConnection:
-            merged["connection_class"] = aio_connection.SSLConnection
-        elif merged.get("connection_class") is sync_connection.UnixDomainSocketConnection:
-            merged["connection_class"] = aio_connection.UnixDomainSocketConnection
-        return cls(**merged, _url_query=query)
-
-    def _new_engine(self) -> PoolEngine[Any]:
-        backend = _AsyncBackend(self.connection_class, self._connection_kwargs, self._await_)
-        engine: PoolEngine[Any] = PoolEngine(
-            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
-        )
-        backend.engine = engine
-        return engine
+    @staticmethod
+    def _url_connection_class(kwargs: dict[str, Any]) -> dict[str, Any]:
+        """redis-py's URL parser names the sync connection classes: their asyncio twins."""
+        if kwargs.get("connection_class") is sync_connection.SSLConnection:
+            kwargs["connection_class"] = aio_connection.SSLConnection
+        elif kwargs.get("connection_class") is sync_connection.UnixDomainSocketConnection:
+            kwargs["connection_class"] = aio_connection.UnixDomainSocketConnection
+        return kwargs
 
     def _runtime(self, name: str, workers: int) -> Runtime:
         try:
@@ -580,12 +581,6 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
             raise WrongEventLoop(f"pool {name}: an asyncio pool needs a running event loop") from None
         self._loop = loop
         return LoopRuntime(name, loop=loop, spawn=self._spawn, await_=self._await_, clock=self._clock)
-
-    def _fresh_after_fork(self) -> None:
-        if self.pid != os.getpid():  # a child process: forget the parent's connections
-            self._engine = self._new_engine()
-            self._loop = None
-            self.pid = os.getpid()
 
     def _checkout(self) -> Any:
         rt = self._engine._rt
@@ -597,55 +592,39 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         """A connected connection (legacy command-name arguments are ignored)."""
-        self._fresh_after_fork()
+        self._checkpid()
         return await self._spawn(self._checkout)
 
     async def release(self, connection: Any) -> None:
-        self._fresh_after_fork()
-        slot = self._owned_slot(connection)
-        if slot is None:
-            return
-        await self._spawn(self._checkin, connection, slot)
-
-    def _checkin(self, connection: Any, slot: Any) -> None:
-        owner = getattr(connection, OWNER_ATTR)
-        try:
-            usable = owner.reusable(connection)
-        except BaseException:  # cancelled while looking: the slot still goes back
-            owner.engine.checkin(slot, False)
-            raise
-        if not usable and not owner.same_wire(connection):
-            owner.engine.disconnect_seen()
-        owner.engine.checkin(slot, usable)
+        self._checkpid()
+        await self._spawn(self._return, connection)
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         """Close idle connections (and by default those in use); the pool stays usable
-        and may be used on another event loop afterwards."""
-        self._fresh_after_fork()
-        await self._spawn(self._engine.dispose)
-        self._loop = None
-        if inuse_connections:
-            for conn in self._in_use():
-                await conn.disconnect()
+        and may be used on another event loop afterwards (its runtime starts anew)."""
+        self._checkpid()
+        await self._spawn(self._disconnect, inuse_connections)
 
     async def aclose(self) -> None:
         """Close for good: fail waiters, close idle connections; in-use ones close on release."""
-        self._fresh_after_fork()
+        self._checkpid()
         await self._spawn(self._engine.close)
 
     def reset(self) -> None:
         """Start over with a fresh engine; the old one's connections are dropped unclosed
         (their sockets close when collected) -- prefer ``await disconnect()``."""
+        if self.pid != os.getpid():
+            self._checkpid()
+            return
         old, self._engine = self._engine, self._new_engine()
-        self._loop = None
         old._stop_runtime()
 
     async def re_auth_callback(self, token: Any) -> None:
-        for conn in self._connections():
-            conn.set_re_auth_token(token)
+        self._re_auth(token)
 
     async def wait(self, timeout: float = 30.0) -> None:
         """Start the pool and wait until ``min_size`` connections are open (prewarm)."""
+        self._checkpid()
         await self._spawn(self._engine.wait_ready, timeout)
 
     async def __aenter__(self) -> AsyncSmartRedisPool:
