@@ -265,6 +265,8 @@ class _PoolBase:
 
     connection_class: Any
     _engine: PoolEngine[Any]
+    #: what the metrics call this pool: ``smartpool.redis.<name>.*`` in StatsD, ``pool_kind`` in health()
+    pool_kind = "redis"
     _backend_class: type[_SyncBackend] = _SyncBackend
     _await_: Callable[[Any], Any] = staticmethod(_identity)
 
