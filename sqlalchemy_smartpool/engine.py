@@ -344,6 +344,36 @@ class PoolEngine(Generic[C]):
         if lease is not None:
             self._leak_returned(slot, lease, now)
 
+    def return_judged(self, slot: Slot[C], judge: Callable[[], tuple[bool, bool]]) -> None:
+        """A connection came back that the adapter must look at first.
+
+        ``judge()`` (which may block or await) answers ``(usable, died)``:
+        may it serve again, and did it die while held. Whatever interrupts the
+        look (a cancellation, ``KeyboardInterrupt``), the slot goes back -- as
+        unusable -- before the exception propagates, so no slot is lost. One
+        that died in use makes the older ones suspect (:meth:`disconnect_seen`).
+        """
+        try:
+            usable, died = judge()
+        except BaseException:
+            self.checkin(slot, False)
+            raise
+        if died:
+            self.disconnect_seen()
+        self.checkin(slot, usable)
+
+    def is_leased(self, slot: Slot[C]) -> bool:
+        """Is ``slot`` checked out of this engine now? (False: returned already, or not ours.)"""
+        return self.core.leased.get(slot.id) is slot
+
+    def connections(self, *, in_use_only: bool = False) -> list[C]:
+        """A snapshot of the connections the pool holds: idle ones first, then those checked out."""
+        with self._lock:
+            held = [s.conn for s in self.core.leased.values()]
+            if in_use_only:
+                return held
+            return [s.conn for s in self.core.idle] + held
+
     def _arm_serve(self) -> None:
         """A connection was kept idle for a barging caller: make sure the queue gets it
         once the head's window has passed, if nobody took it by then."""

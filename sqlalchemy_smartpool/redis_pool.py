@@ -26,7 +26,7 @@ import threading
 import time
 from asyncio.events import _get_running_loop
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -61,6 +61,7 @@ _AUTH = (redis_exc.AuthenticationError, redis_exc.AuthorizationError)
 _PERMANENT_MESSAGES = ("invalid db index", "db index is out of range", "noauth", "wrongpass", "noperm")
 
 _UNSET: Any = object()
+_P = TypeVar("_P", bound="_PoolBase")
 _parse_url: Callable[[str], dict[str, Any]] = sync_connection.parse_url
 
 
@@ -167,38 +168,58 @@ def _ok_pong(reply: Any) -> bool:
     return reply in (b"PONG", "PONG", True)
 
 
-class _SyncBackend:
-    """The engine's :class:`~.engine.Backend` for ``redis.Connection`` objects."""
+def _identity(value: Any) -> Any:
+    return value
 
-    def __init__(self, connection_class: Any, kwargs: dict[str, Any]) -> None:
+
+class _SyncBackend:
+    """The engine's :class:`~.engine.Backend` for ``redis.Connection`` objects.
+
+    Written once for both pools: every driver call goes through ``self._await``
+    (the identity here; the greenlet bridge's ``await_`` in :class:`_AsyncBackend`),
+    so only what really differs -- the wire object, how unread data is seen, the
+    socket -- is overridden there.
+    """
+
+    def __init__(
+        self, connection_class: Any, kwargs: dict[str, Any], await_: Callable[[Any], Any] = _identity
+    ) -> None:
         self._cls = connection_class
         self._kwargs = kwargs
+        self._await = await_
         self.pid = os.getpid()
         self.engine: PoolEngine[Any] | None = None
 
+    def _wire(self, conn: Any) -> Any:
+        """The object a connection talks through (redis-py replaces it when it reconnects)."""
+        return conn._sock
+
+    def _can_read(self, conn: Any) -> bool:
+        return bool(conn.can_read())
+
     def open(self) -> Any:
         conn = self._cls(**self._kwargs)
-        conn.connect()
+        self._await(conn.connect())
         setattr(conn, OWNER_ATTR, self)
-        setattr(conn, _WIRE_ATTR, conn._sock)
+        setattr(conn, _WIRE_ATTR, self._wire(conn))
         return conn
 
     def close(self, conn: Any, reason: BaseException | None = None) -> None:
-        conn.disconnect()
+        self._await(conn.disconnect())
 
     def same_wire(self, conn: Any) -> bool:
         """Still on the socket it was opened with (redis-py reconnects on its own after errors)."""
-        sock = conn._sock
-        return sock is not None and sock is getattr(conn, _WIRE_ATTR, None)
+        wire = self._wire(conn)
+        return wire is not None and wire is getattr(conn, _WIRE_ATTR, None)
 
     def ping(self, conn: Any) -> bool:
         if not self.same_wire(conn):
             return False
         try:
-            if conn.can_read():  # unread data: a reply nobody read, or the server's goodbye
+            if self._can_read(conn):  # unread data: a reply nobody read, or the server's goodbye
                 return False
-            conn.send_command("PING", check_health=False)
-            return _ok_pong(conn.read_response())
+            self._await(conn.send_command("PING", check_health=False))
+            return _ok_pong(self._await(conn.read_response()))
         except _DISCONNECTS:
             return False
 
@@ -208,9 +229,14 @@ class _SyncBackend:
         if not self.same_wire(conn) or conn.should_reconnect():
             return False
         try:
-            return not conn.can_read()
+            return not self._can_read(conn)
         except _DISCONNECTS:
             return False
+
+    def judge(self, conn: Any) -> tuple[bool, bool]:
+        """For :meth:`PoolEngine.return_judged`: (may serve again, died while held)."""
+        usable = self.reusable(conn)
+        return usable, not usable and not self.same_wire(conn)
 
     def is_transient(self, err: BaseException) -> bool:
         return _is_transient(err)
@@ -224,8 +250,8 @@ class _SyncBackend:
 
     def server_limit(self, conn: Any) -> int | None:
         try:
-            conn.send_command("CONFIG", "GET", "maxclients", check_health=False)
-            return _parse_maxclients(conn.read_response())
+            self._await(conn.send_command("CONFIG", "GET", "maxclients", check_health=False))
+            return _parse_maxclients(self._await(conn.read_response()))
         except redis_exc.ResponseError:  # CONFIG disabled, renamed or not permitted
             return None
 
@@ -234,14 +260,18 @@ class _SyncBackend:
 
 
 class _PoolBase:
-    """What both pools share: kwargs, config, repr, encoder, stats."""
+    """What both pools share -- everything but the sync/async shells of redis-py's API:
+    kwargs, config, engine construction, fork handling, the return path, repr, encoder, stats."""
 
     connection_class: Any
     _engine: PoolEngine[Any]
+    #: what the metrics call this pool: ``smartpool.redis.<name>.*`` in StatsD, ``pool_kind`` in health()
+    pool_kind = "redis"
+    _backend_class: type[_SyncBackend] = _SyncBackend
+    _await_: Callable[[Any], Any] = staticmethod(_identity)
 
-    def __init__(
-        self, connection_class: Any, kwargs: dict[str, Any], url_query: Mapping[str, Any] | None
-    ) -> None:
+    def __init__(self, connection_class: Any, **kwargs: Any) -> None:
+        url_query = kwargs.pop("_url_query", None)
         config, conn_kwargs = split_kwargs(kwargs, url_query=url_query)
         if conn_kwargs.get("himport_registry") is None:
             registry_cls = _himport_registry()
@@ -255,6 +285,68 @@ class _PoolBase:
         self._clock: Callable[[], float] = time.monotonic
         self._name = config.name or f"redis-0x{id(self):x}"
         self.cache = None  # client-side caching is not supported (see the module docstring)
+        self._fork_lock = threading.Lock()
+        self._engine = self._new_engine()
+        self.pid = os.getpid()
+
+    @classmethod
+    def from_url(cls: type[_P], url: str, **kwargs: Any) -> _P:
+        """As redis-py's ``ConnectionPool.from_url``; ``smartpool_<setting>`` query keys
+        (or a bare setting name: ``?max_size=9``) are pool settings."""
+        merged, query = _url_kwargs(url, kwargs)
+        return cls(**cls._url_connection_class(merged), _url_query=query)
+
+    @staticmethod
+    def _url_connection_class(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return kwargs
+
+    def _runtime(self, name: str, workers: int) -> Runtime:
+        raise NotImplementedError
+
+    def _new_engine(self) -> PoolEngine[Any]:
+        backend = self._backend_class(self.connection_class, self._connection_kwargs, self._await_)
+        engine: PoolEngine[Any] = PoolEngine(
+            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
+        )
+        backend.engine = engine
+        return engine
+
+    def _checkpid(self) -> None:
+        """After ``os.fork()``: a fresh engine for the child; the parent's connections are
+        forgotten (never reused, closed or shut down here)."""
+        if self.pid == os.getpid():
+            return
+        lock = self._fork_lock
+        if not lock.acquire(timeout=5):  # forked while another thread held it
+            raise redis_exc.ChildDeadlockedError
+        try:
+            if self.pid != os.getpid():
+                self._engine = self._new_engine()
+                self.pid = os.getpid()  # last: other threads of the child wait on the lock till now
+        finally:
+            lock.release()
+
+    def _return(self, connection: Any) -> None:
+        """Take a connection back (blocking-style: the async pool runs it in a greenlet).
+        One with unread data, or disconnected, is replaced; not ours, or released twice: ignored."""
+        slot = self._owned_slot(connection)
+        if slot is None:
+            return
+        owner = getattr(connection, OWNER_ATTR)
+        owner.engine.return_judged(slot, lambda: owner.judge(connection))
+
+    def _disconnect(self, inuse_connections: bool) -> None:
+        """redis-py's ``disconnect()``: idle connections closed, and by default those in use
+        too (their next command fails or reconnects; they are replaced when released)."""
+        engine = self._engine
+        engine.dispose()
+        if inuse_connections:
+            for conn in engine.connections(in_use_only=True):
+                engine.backend.close(conn)
+
+    def _re_auth(self, token: Any) -> None:
+        for conn in self._engine.connections():
+            conn.set_re_auth_token(token)
 
     # -- what redis-py's clients read --------------------------------------------------
 
@@ -288,7 +380,7 @@ class _PoolBase:
 
     def set_retry(self, retry: Any) -> None:
         self._connection_kwargs["retry"] = retry
-        for conn in self._connections():
+        for conn in self._engine.connections():
             conn.retry = retry
 
     def maint_notifications_enabled(self) -> bool:
@@ -329,16 +421,6 @@ class _PoolBase:
         """Open connections (idle + in use)."""
         return self._engine.core.size
 
-    def _connections(self) -> list[Any]:
-        engine = self._engine
-        with engine._lock:
-            return [s.conn for s in engine.core.idle] + [s.conn for s in engine.core.leased.values()]
-
-    def _in_use(self) -> list[Any]:
-        engine = self._engine
-        with engine._lock:
-            return [s.conn for s in engine.core.leased.values()]
-
     def _owned_slot(self, connection: Any) -> Any:
         """The slot of a connection this pool's current engine handed out, else None."""
         owner = getattr(connection, OWNER_ATTR, None)
@@ -346,7 +428,7 @@ class _PoolBase:
         if owner is None or slot is None or owner.pid != os.getpid():
             return None  # not ours, or a parent process's: never touch its socket
         engine = owner.engine
-        if engine is None or engine.core.leased.get(slot.id) is not slot:
+        if engine is None or not engine.is_leased(slot):
             return None  # released twice
         return slot
 
@@ -378,43 +460,10 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
     """
 
     def __init__(self, connection_class: Any = redis.Connection, **kwargs: Any) -> None:
-        url_query = kwargs.pop("_url_query", None)
-        super().__init__(connection_class, kwargs, url_query)
-        self._fork_lock = threading.Lock()
-        self._engine = self._new_engine()
-        self.pid = os.getpid()
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> SmartRedisPool:
-        """As ``redis.ConnectionPool.from_url``; ``smartpool_<setting>`` query keys are pool settings."""
-        merged, query = _url_kwargs(url, kwargs)
-        return cls(**merged, _url_query=query)
-
-    def _new_engine(self) -> PoolEngine[Any]:
-        backend = _SyncBackend(self.connection_class, self._connection_kwargs)
-        engine: PoolEngine[Any] = PoolEngine(
-            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
-        )
-        backend.engine = engine
-        return engine
+        super().__init__(connection_class, **kwargs)
 
     def _runtime(self, name: str, workers: int) -> Runtime:
         return Housekeeper(name, workers=workers, clock=self._clock)
-
-    def _checkpid(self) -> None:
-        """After ``os.fork()``: a fresh engine for the child; the parent's connections are
-        forgotten (never reused, closed or shut down here)."""
-        if self.pid == os.getpid():
-            return
-        lock = self._fork_lock
-        if not lock.acquire(timeout=5):  # forked while another thread held it
-            raise redis_exc.ChildDeadlockedError
-        try:
-            if self.pid != os.getpid():
-                self._engine = self._new_engine()
-                self.pid = os.getpid()  # last: other threads of the child wait on the lock till now
-        finally:
-            lock.release()
 
     # -- redis-py's pool API -----------------------------------------------------------
 
@@ -428,23 +477,13 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
         """Take a connection back; one with unread data, or disconnected, is replaced."""
         if self.pid != os.getpid():
             self._checkpid()
-        slot = self._owned_slot(connection)
-        if slot is None:
-            return
-        owner = getattr(connection, OWNER_ATTR)
-        usable = owner.reusable(connection)
-        if not usable and not owner.same_wire(connection):
-            owner.engine.disconnect_seen()  # it died in use: older ones are suspect
-        owner.engine.checkin(slot, usable)
+        self._return(connection)
 
     def disconnect(self, inuse_connections: bool = True) -> None:
         """Close idle connections (and, by default, those in use: as redis-py, their
         next command fails or reconnects; they are replaced when released). The pool stays usable."""
         self._checkpid()
-        self._engine.dispose()
-        if inuse_connections:
-            for conn in self._in_use():
-                conn.disconnect()
+        self._disconnect(inuse_connections)
 
     def close(self) -> None:
         """Close for good: fail waiters, close idle connections; in-use ones close on release."""
@@ -461,8 +500,7 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
 
     def re_auth_callback(self, token: Any) -> None:
         """New credentials: every connection re-authenticates when next used."""
-        for conn in self._connections():
-            conn.set_re_auth_token(token)
+        self._re_auth(token)
 
     def wait(self, timeout: float = 30.0) -> None:
         """Start the pool and block until ``min_size`` connections are open (prewarm)."""
@@ -487,60 +525,22 @@ def _aio_closed(conn: Any) -> bool:
 
 class _AsyncBackend(_SyncBackend):
     """The engine's Backend for ``redis.asyncio.Connection``: the same calls, each awaited
-    from the engine's greenlet."""
+    from the engine's greenlet (``await_``); only the wire and the socket differ."""
 
-    def __init__(self, connection_class: Any, kwargs: dict[str, Any], await_: Callable[[Any], Any]) -> None:
-        super().__init__(connection_class, kwargs)
-        self._await = await_
-
-    def open(self) -> Any:
-        conn = self._cls(**self._kwargs)
-        self._await(conn.connect())
-        setattr(conn, OWNER_ATTR, self)
-        setattr(conn, _WIRE_ATTR, conn._writer)
-        return conn
-
-    def close(self, conn: Any, reason: BaseException | None = None) -> None:
-        self._await(conn.disconnect())
+    def _wire(self, conn: Any) -> Any:
+        return conn._writer
 
     def same_wire(self, conn: Any) -> bool:
-        writer = conn._writer
-        return writer is not None and writer is getattr(conn, _WIRE_ATTR, None) and conn.is_connected
+        return super().same_wire(conn) and bool(conn.is_connected)
 
     def _can_read(self, conn: Any) -> bool:
         check = getattr(conn, "can_read", None) or conn.can_read_destructive
         return bool(self._await(check()))
 
-    def ping(self, conn: Any) -> bool:
-        if not self.same_wire(conn):
-            return False
-        try:
-            if self._can_read(conn):
-                return False
-            self._await(conn.send_command("PING", check_health=False))
-            return _ok_pong(self._await(conn.read_response()))
-        except _DISCONNECTS:
-            return False
-
-    def reusable(self, conn: Any) -> bool:
-        if not self.same_wire(conn) or conn.should_reconnect():
-            return False
-        try:
-            return not self._can_read(conn)
-        except _DISCONNECTS:
-            return False
-
     def socket_fd(self, conn: Any) -> int | None:
         writer = conn._writer
         sock = writer.transport.get_extra_info("socket") if writer is not None else None
         return sock.fileno() if sock is not None else None
-
-    def server_limit(self, conn: Any) -> int | None:
-        try:
-            self._await(conn.send_command("CONFIG", "GET", "maxclients", check_health=False))
-            return _parse_maxclients(self._await(conn.read_response()))
-        except redis_exc.ResponseError:
-            return None
 
     def closed_probe(self, conn: Any) -> Callable[[], bool] | None:
         return lambda: _aio_closed(conn)
@@ -557,34 +557,24 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
     :class:`~.errors.WrongEventLoop`; ``await pool.disconnect()`` releases it.
     """
 
+    _backend_class = _AsyncBackend
+
     def __init__(self, connection_class: Any = redis.asyncio.Connection, **kwargs: Any) -> None:
         from sqlalchemy.util import concurrency
 
-        url_query = kwargs.pop("_url_query", None)
-        super().__init__(connection_class, kwargs, url_query)
         self._spawn = concurrency.greenlet_spawn
         self._await_ = getattr(concurrency, "await_", None) or concurrency.await_only
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._engine = self._new_engine()
-        self.pid = os.getpid()
+        super().__init__(connection_class, **kwargs)
 
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> AsyncSmartRedisPool:
-        """As ``redis.asyncio.ConnectionPool.from_url``; ``smartpool_<setting>`` keys are pool settings."""
-        merged, query = _url_kwargs(url, kwargs)
-        if merged.get("connection_class") is sync_connection.SSLConnection:
-            merged["connection_class"] = aio_connection.SSLConnection
-        elif merged.get("connection_class") is sync_connection.UnixDomainSocketConnection:
-            merged["connection_class"] = aio_connection.UnixDomainSocketConnection
-        return cls(**merged, _url_query=query)
-
-    def _new_engine(self) -> PoolEngine[Any]:
-        backend = _AsyncBackend(self.connection_class, self._connection_kwargs, self._await_)
-        engine: PoolEngine[Any] = PoolEngine(
-            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
-        )
-        backend.engine = engine
-        return engine
+    @staticmethod
+    def _url_connection_class(kwargs: dict[str, Any]) -> dict[str, Any]:
+        """redis-py's URL parser names the sync connection classes: their asyncio twins."""
+        if kwargs.get("connection_class") is sync_connection.SSLConnection:
+            kwargs["connection_class"] = aio_connection.SSLConnection
+        elif kwargs.get("connection_class") is sync_connection.UnixDomainSocketConnection:
+            kwargs["connection_class"] = aio_connection.UnixDomainSocketConnection
+        return kwargs
 
     def _runtime(self, name: str, workers: int) -> Runtime:
         try:
@@ -593,12 +583,6 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
             raise WrongEventLoop(f"pool {name}: an asyncio pool needs a running event loop") from None
         self._loop = loop
         return LoopRuntime(name, loop=loop, spawn=self._spawn, await_=self._await_, clock=self._clock)
-
-    def _fresh_after_fork(self) -> None:
-        if self.pid != os.getpid():  # a child process: forget the parent's connections
-            self._engine = self._new_engine()
-            self._loop = None
-            self.pid = os.getpid()
 
     def _checkout(self) -> Any:
         rt = self._engine._rt
@@ -610,55 +594,39 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         """A connected connection (legacy command-name arguments are ignored)."""
-        self._fresh_after_fork()
+        self._checkpid()
         return await self._spawn(self._checkout)
 
     async def release(self, connection: Any) -> None:
-        self._fresh_after_fork()
-        slot = self._owned_slot(connection)
-        if slot is None:
-            return
-        await self._spawn(self._checkin, connection, slot)
-
-    def _checkin(self, connection: Any, slot: Any) -> None:
-        owner = getattr(connection, OWNER_ATTR)
-        try:
-            usable = owner.reusable(connection)
-        except BaseException:  # cancelled while looking: the slot still goes back
-            owner.engine.checkin(slot, False)
-            raise
-        if not usable and not owner.same_wire(connection):
-            owner.engine.disconnect_seen()
-        owner.engine.checkin(slot, usable)
+        self._checkpid()
+        await self._spawn(self._return, connection)
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         """Close idle connections (and by default those in use); the pool stays usable
-        and may be used on another event loop afterwards."""
-        self._fresh_after_fork()
-        await self._spawn(self._engine.dispose)
-        self._loop = None
-        if inuse_connections:
-            for conn in self._in_use():
-                await conn.disconnect()
+        and may be used on another event loop afterwards (its runtime starts anew)."""
+        self._checkpid()
+        await self._spawn(self._disconnect, inuse_connections)
 
     async def aclose(self) -> None:
         """Close for good: fail waiters, close idle connections; in-use ones close on release."""
-        self._fresh_after_fork()
+        self._checkpid()
         await self._spawn(self._engine.close)
 
     def reset(self) -> None:
         """Start over with a fresh engine; the old one's connections are dropped unclosed
         (their sockets close when collected) -- prefer ``await disconnect()``."""
+        if self.pid != os.getpid():
+            self._checkpid()
+            return
         old, self._engine = self._engine, self._new_engine()
-        self._loop = None
         old._stop_runtime()
 
     async def re_auth_callback(self, token: Any) -> None:
-        for conn in self._connections():
-            conn.set_re_auth_token(token)
+        self._re_auth(token)
 
     async def wait(self, timeout: float = 30.0) -> None:
         """Start the pool and wait until ``min_size`` connections are open (prewarm)."""
+        self._checkpid()
         await self._spawn(self._engine.wait_ready, timeout)
 
     async def __aenter__(self) -> AsyncSmartRedisPool:

@@ -7,7 +7,11 @@ reported with the extra to install, not as a bare ``ModuleNotFoundError``.
 
 Everything here reads what a pool already publishes -- ``SmartPool.stats()``
 or, for any other SQLAlchemy pool, ``checkedin()`` / ``checkedout()`` -- and
-never the engine URL, so no exporter can leak credentials.
+never the engine URL, so no exporter can leak credentials. Any other pool
+with ``stats()`` (``SmartRedisPool``, ``AsyncSmartRedisPool``, or a
+``redis.Redis`` client over one) is read the same way; its ``pool_kind``
+(``"redis"``) names it in StatsD (``smartpool.redis.<name>.*``) and in
+:func:`health`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "PrometheusCollector",
     "StatsdMetrics",
     "health",
+    "pool_kind",
 ]
 
 #: Numeric encoding of the breaker state for gauges: higher is worse.
@@ -85,24 +90,40 @@ def missing_extra(feature: str, package: str, extra: str) -> ImportError:
 # ---------------------------------------------------------------------------- pools
 
 
-def resolve_pool(target: Any) -> Pool:
-    """The pool behind a Pool, an Engine or an AsyncEngine (read at each call: dispose() swaps it)."""
+def resolve_pool(target: Any) -> Any:
+    """The pool behind a Pool, an Engine or an AsyncEngine (read at each call: dispose() swaps it),
+    or any pool with ``stats()`` (a SmartRedisPool), or a redis client over one (``connection_pool``)."""
     if isinstance(target, Pool):
         return target
     engine = getattr(target, "sync_engine", target)
     pool = getattr(engine, "pool", None)
     if isinstance(pool, Pool):
         return pool
+    if has_stats(target):
+        return target
+    pool = getattr(target, "connection_pool", None)
+    if has_stats(pool):
+        return pool
     # the type only: an engine's repr carries its URL
-    raise TypeError(f"expected a SQLAlchemy Pool or Engine, got {type(target).__name__}")
+    raise TypeError(
+        f"expected a SQLAlchemy Pool or Engine, or a pool with stats(), got {type(target).__name__}"
+    )
 
 
-def has_stats(pool: Pool) -> bool:
+def has_stats(pool: Any) -> bool:
     """Whether the pool publishes a :class:`PoolStats` snapshot (SmartPool and its kin)."""
     return callable(getattr(pool, "stats", None))
 
 
-def pool_name(pool: Pool, override: str | None = None) -> str | None:
+def pool_kind(pool: Any) -> str:
+    """``"sqlalchemy"`` for SQLAlchemy pools, else the pool's ``pool_kind`` (``"redis"``)."""
+    if isinstance(pool, Pool):
+        return "sqlalchemy"
+    kind = getattr(pool, "pool_kind", None)
+    return kind if isinstance(kind, str) and kind else "other"
+
+
+def pool_name(pool: Any, override: str | None = None) -> str | None:
     """The name a user gave the pool: ``name=`` here, else ``PoolConfig.name``, else the
     SQLAlchemy ``pool_logging_name``. Never derived from the URL."""
     if override:
@@ -141,10 +162,10 @@ class Snapshot:
         return dict(self.gauges)
 
 
-def read_pool(pool: Pool) -> Snapshot:
+def read_pool(pool: Any) -> Snapshot:
     """Take one :class:`Snapshot` of ``pool`` (no locks held afterwards, no I/O)."""
     if has_stats(pool):
-        st = pool.stats()  # type: ignore[attr-defined]
+        st = pool.stats()
         if isinstance(st, PoolStats):
             return Snapshot(
                 gauges={
@@ -173,7 +194,7 @@ def read_pool(pool: Pool) -> Snapshot:
     return Snapshot(gauges=gauges)
 
 
-def _call_int(pool: Pool, method: str) -> int | None:
+def _call_int(pool: Any, method: str) -> int | None:
     fn = getattr(pool, method, None)
     if not callable(fn):
         return None
@@ -193,7 +214,7 @@ class _Trend:
     last_increase: float
 
 
-_trends: weakref.WeakKeyDictionary[Pool, _Trend] = weakref.WeakKeyDictionary()
+_trends: weakref.WeakKeyDictionary[Any, _Trend] = weakref.WeakKeyDictionary()
 _trends_lock = threading.Lock()
 
 
@@ -207,7 +228,7 @@ def health(target: Any, *, degraded_for: float = 60.0) -> dict[str, Any]:
     increase since the previous ``health()`` call on the same pool; the first
     call only takes the baseline); else ``"ok"``. Pools without ``stats()``
     report ``"ok"`` with their gauges. The report holds the pool's name, its
-    class and stats -- never the URL.
+    class, its kind (``"sqlalchemy"`` or ``"redis"``) and stats -- never the URL.
     """
     pool = resolve_pool(target)
     snap = read_pool(pool)
@@ -238,6 +259,7 @@ def health(target: Any, *, degraded_for: float = 60.0) -> dict[str, Any]:
         "reasons": down + degraded,
         "pool": pool_name(pool) or (snap.stats.name if snap.stats is not None else None),
         "pool_class": type(pool).__name__,
+        "pool_kind": pool_kind(pool),
         "breaker_state": state,
         "stats": snap.as_dict(),
         "checked_at": time.time(),

@@ -15,7 +15,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import REGISTRY, CollectorRegistry
 
 from .. import stats as S
-from . import BREAKER_STATE_VALUES, GAUGES, pool_name, read_pool, resolve_pool, sanitize
+from . import BREAKER_STATE_VALUES, GAUGES, pool_kind, pool_name, read_pool, resolve_pool, sanitize
 
 __all__ = ["COUNTER_HELP", "GAUGE_HELP", "PrometheusCollector"]
 
@@ -61,7 +61,10 @@ class PrometheusCollector:
     scrape, so ``engine.dispose()`` is followed; SmartPool counters restart at
     zero then, which ``rate()`` handles as a counter reset). ``name``: the
     ``pool`` label, by default the pool's ``PoolConfig.name`` /
-    ``pool_logging_name``, else ``"default"``. Registers itself with
+    ``pool_logging_name``, else ``"default"`` (``"redis"`` for an unnamed Redis
+    pool). A ``SmartRedisPool`` (or a ``redis.Redis`` client over one) is
+    collected like a SmartPool, in the same metric families: one collector
+    can expose a service's database and Redis pools side by side. Registers itself with
     ``registry`` (the global one unless given; ``None`` to skip).
 
     Metrics (``<namespace>_`` prefix): the gauges of
@@ -88,7 +91,9 @@ class PrometheusCollector:
 
     def add(self, pool: Any, name: str | None = None) -> None:
         """Also expose ``pool`` (a pool or an engine), labelled ``name``."""
-        label = pool_name(resolve_pool(pool), name) or "default"
+        resolved = resolve_pool(pool)
+        kind = pool_kind(resolved)
+        label = pool_name(resolved, name) or ("default" if kind == "sqlalchemy" else kind)
         if any(label == existing for existing, _ in self._targets):
             raise ValueError(f"a pool labelled {label!r} is already collected; pass name=")
         self._targets.append((label, pool))

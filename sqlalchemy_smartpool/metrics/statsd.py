@@ -13,8 +13,8 @@ Two ways to count, because they cost differently:
   (``events=True``).
 
 Metric names are the pool's ``stats`` keys (one vocabulary for ``stats()``,
-StatsD and Prometheus) under ``<prefix>[.<pool name>]``. Nothing is derived
-from the URL.
+StatsD and Prometheus) under ``<prefix>[.<pool name>]``; a Redis pool's under
+``<prefix>.redis[.<pool name>]``. Nothing is derived from the URL.
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ from sqlalchemy import event
 from sqlalchemy.pool import Pool
 
 from .. import stats as S
-from . import BREAKER_STATE_VALUES, has_stats, missing_extra, pool_name, read_pool, resolve_pool, sanitize
+from . import (
+    BREAKER_STATE_VALUES,
+    has_stats,
+    missing_extra,
+    pool_kind,
+    pool_name,
+    read_pool,
+    resolve_pool,
+    sanitize,
+)
 
 __all__ = [
     "ACQUIRE_WAIT_MAX",
@@ -125,6 +134,8 @@ class StatsdMetrics:
     ``PoolConfig.name``) prefix every metric, sanitized to ``[A-Za-z0-9_]``.
     ``events``: count through SQLAlchemy pool events (see the module doc);
     ``None`` picks stats mode for pools with ``stats()``, event mode otherwise.
+    A Redis pool (``SmartRedisPool``, or a ``redis.Redis`` client over one) has
+    stats mode only, and its metrics are ``<prefix>.redis[.<name>].*``.
 
     The push thread keeps this object alive, so ``StatsdMetrics(engine)`` alone
     works; :meth:`close` (or the ``with`` block) stops it, removes the event
@@ -152,15 +163,18 @@ class StatsdMetrics:
         self._follow = not isinstance(pool_or_engine, Pool)
         self._listened_pool = pool
         self.events: bool = (not has_stats(pool)) if events is None else bool(events)
+        kind = pool_kind(pool)
+        if self.events and kind != "sqlalchemy":
+            raise ValueError(f"events=True needs a SQLAlchemy pool; a {kind} pool has stats mode only")
         self.gauge_interval = float(gauge_interval)
-        self.prefix = _build_prefix(prefix, pool_name(pool, name))
+        self.prefix = _build_prefix(prefix, pool_name(pool, name), None if kind == "sqlalchemy" else kind)
         self._owns_client = client is None
         self._client = _default_client(host, port) if client is None else client
         self._lock = threading.Lock()
         self._closed = False
         self._done = False
         # baseline: counts before attaching are history, not traffic of this interval
-        self._last_pool: Pool | None = pool
+        self._last_pool: Any = pool
         first = read_pool(pool)
         self._last_counters: dict[str, int] = dict(first.counters or {})
         self._tallies: dict[str, _Tally] = {}
@@ -219,7 +233,7 @@ class StatsdMetrics:
 
     # --------------------------------------------------------------- internals
 
-    def _listen(self, pool: Pool) -> None:
+    def _listen(self, pool: Any) -> None:
         for ev, key in EVENT_COUNTERS.items():
             tally = self._tallies.setdefault(key, _Tally())
             fn = _listener(tally.bump)
@@ -289,12 +303,14 @@ def _delta(now: int, before: int) -> int:
     return now - before if now >= before else now
 
 
-def _build_prefix(prefix: str | None, name: str | None) -> str:
+def _build_prefix(prefix: str | None, name: str | None, kind: str | None = None) -> str:
     parts = []
     if prefix:
         cleaned = _UNSAFE_PREFIX.sub("_", prefix).strip(".")
         if cleaned:
             parts.append(cleaned)
+    if kind:  # not SQLAlchemy: "smartpool.redis.<name>", so one prefix never mixes two kinds
+        parts.append(sanitize(kind))
     if name:
         parts.append(sanitize(name))
     if not parts:

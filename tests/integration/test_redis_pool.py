@@ -233,6 +233,26 @@ def test_dirty_connection_is_not_reused(make_pool: Callable[..., SmartRedisPool]
     assert pool.stats().pool_in_use == 0 and pool.size() == 1
 
 
+def test_release_interrupted_while_looking_loses_no_slot(
+    make_pool: Callable[..., SmartRedisPool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt during release's look at the connection: the slot still goes
+    back (the sync pool used to lose it; the async one already gave it back)."""
+    pool = make_pool(max_size=1, acquire_timeout=1.0)
+    conn = pool.get_connection()
+    backend = pool._engine.backend
+
+    def interrupted(c: Any) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backend, "reusable", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool.release(conn)
+    monkeypatch.undo()
+    assert pool.stats().pool_in_use == 0
+    assert redis.Redis(connection_pool=pool).ping() is True  # the one slot serves again
+
+
 def test_blocking_command_longer_than_validation_interval(
     make_pool: Callable[..., SmartRedisPool], name: str
 ) -> None:

@@ -237,3 +237,42 @@ def test_a_connection_kept_for_a_barging_caller_reaches_the_queue_when_the_windo
     assert clock() - t0 == pytest.approx(served_after)
     engine.checkin(slot(held))
     engine.check_invariants()
+
+
+def test_return_judged_gives_the_slot_back_whatever_interrupts_the_look(make: Callable[..., Made]) -> None:
+    engine, backend, _ = make(max_size=2)
+    conn = engine.checkout()
+
+    def interrupted() -> tuple[bool, bool]:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.return_judged(slot(conn), interrupted)
+    stats = engine.stats()
+    assert stats.pool_in_use == 0 and conn in backend.closed, "no slot lost, the connection not trusted"
+    engine.check_invariants()
+
+
+def test_return_judged_a_connection_that_died_in_use_makes_older_ones_suspect(
+    make: Callable[..., Made], clock: FakeClock
+) -> None:
+    engine, _, _ = make(max_size=2)
+    older = engine.checkout()
+    clock.now += 0.01
+    dead = engine.checkout()
+    assert engine.is_leased(slot(dead))
+    engine.checkin(slot(older))
+    engine.return_judged(slot(dead), lambda: (False, True))
+    assert not engine.is_leased(slot(dead))
+    assert slot(older).validated_at < engine.core.suspect_before, "validated before its next use"
+    assert engine.connections() == [older] and engine.connections(in_use_only=True) == []
+    engine.check_invariants()
+
+
+def test_return_judged_usable_goes_back_idle(make: Callable[..., Made]) -> None:
+    engine, _, _ = make(max_size=2)
+    conn = engine.checkout()
+    assert engine.connections(in_use_only=True) == [conn]
+    engine.return_judged(slot(conn), lambda: (True, False))
+    assert engine.connections() == [conn] and engine.stats().pool_idle == 1
+    engine.check_invariants()
