@@ -1,8 +1,9 @@
 """The benchmark runner and the ``smartpool`` command still work, end to end.
 
-Every scenario runs in ``--quick`` mode against the real PostgreSQL, in this
-process (so coverage sees it), and must produce a well-formed report with
-SmartPool and each of its anchors measured. Quick runs are too short for the
+Every scenario runs in ``--quick`` mode against the real PostgreSQL (the
+redis-* ones against the real Redis), in this process (so coverage sees
+it), and must produce a well-formed report with SmartPool and each of its
+anchors measured. Quick runs are too short for the
 numbers to mean anything, so goals are not asserted here; the real runs and
 their numbers are in docs/benchmarks.md.
 """
@@ -20,7 +21,7 @@ import pytest
 from sqlalchemy_smartpool import cli
 from sqlalchemy_smartpool.bench import SCENARIOS
 
-from ._services import require_postgres
+from ._services import require_postgres, require_redis
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,14 @@ ANCHORS = {
     "async-overhead": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
     "async-fairness": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
     "async-spike": ("AsyncSmartPool", "AsyncAdaptedQueuePool"),
+    "redis-overhead": (
+        "SmartRedisPool",
+        "AsyncSmartRedisPool",
+        "redis.ConnectionPool",
+        "redis.BlockingConnectionPool",
+        "redis.asyncio.ConnectionPool",
+        "redis.asyncio.BlockingConnectionPool",
+    ),
 }
 
 
@@ -56,7 +65,10 @@ PLOTS = {"fairness": ["fairness.png"], "ramp": ["ramp.png"], "async-fairness": [
 def test_scenario_runs_and_reports(
     scenario: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    require_postgres()
+    if scenario.startswith("redis-"):
+        require_redis()
+    else:
+        require_postgres()
     assert cli.main(["bench", scenario, "--quick", "--json", "--plots", str(tmp_path)]) == 0
     for name in PLOTS.get(scenario, []):
         png = (tmp_path / name).read_bytes()
