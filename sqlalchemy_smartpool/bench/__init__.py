@@ -41,6 +41,7 @@ SCENARIOS: dict[str, str] = {
     "async-fairness": "async_fairness",
     "async-spike": "async_spike",
     "redis-overhead": "redis_overhead",
+    "redis-fairness": "redis_fairness",
 }
 #: what ``all`` runs, in this order (outage, soak and redis-outage are long; run them by name)
 ALL: tuple[str, ...] = (
@@ -54,6 +55,7 @@ ALL: tuple[str, ...] = (
     "async-fairness",
     "async-spike",
     "redis-overhead",
+    "redis-fairness",
 )
 
 __all__ = ["ALL", "SCENARIOS", "load", "main"]
