@@ -42,6 +42,7 @@ SCENARIOS: dict[str, str] = {
     "async-spike": "async_spike",
     "redis-overhead": "redis_overhead",
     "redis-fairness": "redis_fairness",
+    "redis-outage": "redis_outage",
 }
 #: what ``all`` runs, in this order (outage, soak and redis-outage are long; run them by name)
 ALL: tuple[str, ...] = (

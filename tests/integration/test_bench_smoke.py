@@ -54,6 +54,7 @@ ANCHORS = {
         "redis.BlockingConnectionPool",
         "redis.asyncio.BlockingConnectionPool",
     ),
+    "redis-outage": ("SmartRedisPool", "redis.BlockingConnectionPool"),
 }
 
 
