@@ -14,7 +14,18 @@ import importlib
 import sys
 from pathlib import Path
 
-from .harness import DEFAULT_URL, Options, Report, Scenario, check_postgres, dumps, machine_info, progress
+from .harness import (
+    DEFAULT_REDIS_URL,
+    DEFAULT_URL,
+    Options,
+    Report,
+    Scenario,
+    check_postgres,
+    check_redis,
+    dumps,
+    machine_info,
+    progress,
+)
 
 #: scenario name -> module defining ``SCENARIO``
 SCENARIOS: dict[str, str] = {
@@ -29,8 +40,11 @@ SCENARIOS: dict[str, str] = {
     "async-overhead": "async_overhead",
     "async-fairness": "async_fairness",
     "async-spike": "async_spike",
+    "redis-overhead": "redis_overhead",
+    "redis-fairness": "redis_fairness",
+    "redis-outage": "redis_outage",
 }
-#: what ``all`` runs, in this order (outage and soak are long; run them by name)
+#: what ``all`` runs, in this order (outage, soak and redis-outage are long; run them by name)
 ALL: tuple[str, ...] = (
     "overhead",
     "prepping",
@@ -41,6 +55,8 @@ ALL: tuple[str, ...] = (
     "async-overhead",
     "async-fairness",
     "async-spike",
+    "redis-overhead",
+    "redis-fairness",
 )
 
 __all__ = ["ALL", "SCENARIOS", "load", "main"]
@@ -63,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--url", default=DEFAULT_URL, help="PostgreSQL URL (psycopg2 driver; psycopg 3 is derived)"
     )
+    p.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help="redis URL for the redis-* scenarios (default: $SMARTPOOL_BENCH_REDIS_URL or %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable results only")
     p.add_argument("--repeat", type=int, default=1, metavar="N", help="run N trials, report medians")
     p.add_argument("--quick", action="store_true", help="short runs (smoke test; numbers are not meaningful)")
@@ -79,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         print("smartpool bench: --repeat must be >= 1", file=sys.stderr)
         return 2
-    opts = Options(url=args.url, repeat=args.repeat, quick=args.quick, plots=args.plots, as_json=args.json)
+    opts = Options(
+        url=args.url,
+        redis_url=args.redis_url,
+        repeat=args.repeat,
+        quick=args.quick,
+        plots=args.plots,
+        as_json=args.json,
+    )
     names = list(ALL) if args.scenario == "all" else [args.scenario]
     scenarios = [load(n) for n in names]
     if any(s.needs_postgres for s in scenarios):
@@ -87,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         if problem is not None:
             print(f"smartpool bench: {problem}", file=sys.stderr)
             return 2
-    machine = machine_info(opts.url)
+    needs_redis = any(s.needs_redis for s in scenarios)
+    if needs_redis:
+        problem = check_redis(opts.redis_url)
+        if problem is not None:
+            print(f"smartpool bench: {problem}", file=sys.stderr)
+            return 2
+    machine = machine_info(opts.url, opts.redis_url if needs_redis else None)
     if not opts.as_json:
         print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
     reports: list[Report] = []

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+#: the redis-* scenarios' server (``--redis-url`` overrides)
+DEFAULT_REDIS_URL = os.environ.get("SMARTPOOL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: application_name of every benchmark connection, so other sessions on the server can tell them apart
 APP_NAME = "smartpool-bench"
 
@@ -32,6 +34,7 @@ class Options:
     """Command-line settings every scenario sees."""
 
     url: str = DEFAULT_URL
+    redis_url: str = DEFAULT_REDIS_URL
     repeat: int = 1
     quick: bool = False
     plots: Path | None = None
@@ -79,6 +82,7 @@ class Scenario:
     judge: Callable[[list[Row]], Verdict]
     plot: Callable[[Trial, Path], list[Path]] | None = None
     needs_postgres: bool = True
+    needs_redis: bool = False
 
 
 @dataclasses.dataclass
@@ -354,6 +358,51 @@ def check_postgres(url: str) -> str | None:
     return None
 
 
+def check_redis(url: str) -> str | None:
+    """None if the redis server answers PING, else a one-line reason."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as err:
+        return f"cannot reach {_safe_redis(url)}: {type(err).__name__}: {str(err).splitlines()[0]}"
+    return None
+
+
+def _safe_redis(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redis_key_prefix(scenario: str) -> str:
+    """A key prefix no other run on a shared server uses (``smartpool-bench:<scenario>:<pid>:<random>:``)."""
+    import secrets
+
+    return f"{APP_NAME}:{scenario}:{os.getpid()}:{secrets.token_hex(4)}:"
+
+
+def delete_redis_keys(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` (never anything else); returns how many."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        return int(client.delete(*keys)) if keys else 0
+    finally:
+        client.close()
+
+
 def wait_for_headroom(url: str, needed: int, timeout: float = 120.0) -> int:
     """Block until the server can take ``needed`` more client connections (others share it).
 
@@ -394,7 +443,7 @@ def _safe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def machine_info(url: str) -> dict[str, Any]:
+def machine_info(url: str, redis_url: str | None = None) -> dict[str, Any]:
     """What the numbers were measured on (no secrets)."""
     import importlib.metadata as md
 
@@ -412,6 +461,7 @@ def machine_info(url: str) -> dict[str, Any]:
         "psycopg",
         "psycopg-pool",
         "asyncpg",
+        "redis",
         "greenlet",
         "sqlalchemy-smartpool",
     ):
@@ -428,6 +478,16 @@ def machine_info(url: str) -> dict[str, Any]:
             info["server"] = conn.execute(text("select version()")).scalar_one().split(" on ")[0]
             info["server_max_connections"] = int(conn.execute(text("show max_connections")).scalar_one())
         engine.dispose()
+    if redis_url is not None:
+        info["redis_url"] = _safe_redis(redis_url)
+        if check_redis(redis_url) is None:
+            import redis
+
+            client = redis.Redis.from_url(redis_url, socket_timeout=2)
+            try:
+                info["redis_server"] = client.info("server").get("redis_version")
+            finally:
+                client.close()
     return info
 
 

@@ -1,8 +1,9 @@
 """The benchmark runner and the ``smartpool`` command still work, end to end.
 
-Every scenario runs in ``--quick`` mode against the real PostgreSQL, in this
-process (so coverage sees it), and must produce a well-formed report with
-SmartPool and each of its anchors measured. Quick runs are too short for the
+Every scenario runs in ``--quick`` mode against the real PostgreSQL (the
+redis-* ones against the real Redis), in this process (so coverage sees
+it), and must produce a well-formed report with SmartPool and each of its
+anchors measured. Quick runs are too short for the
 numbers to mean anything, so goals are not asserted here; the real runs and
 their numbers are in docs/benchmarks.md.
 """
@@ -10,6 +11,8 @@ their numbers are in docs/benchmarks.md.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +23,7 @@ import pytest
 from sqlalchemy_smartpool import cli
 from sqlalchemy_smartpool.bench import SCENARIOS
 
-from ._services import require_postgres
+from ._services import require_postgres, require_redis
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +40,21 @@ ANCHORS = {
     "async-overhead": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
     "async-fairness": ("AsyncSmartPool", "AsyncAdaptedQueuePool", "asyncpg.Pool", "AsyncConnectionPool"),
     "async-spike": ("AsyncSmartPool", "AsyncAdaptedQueuePool"),
+    "redis-overhead": (
+        "SmartRedisPool",
+        "AsyncSmartRedisPool",
+        "redis.ConnectionPool",
+        "redis.BlockingConnectionPool",
+        "redis.asyncio.ConnectionPool",
+        "redis.asyncio.BlockingConnectionPool",
+    ),
+    "redis-fairness": (
+        "SmartRedisPool",
+        "AsyncSmartRedisPool",
+        "redis.BlockingConnectionPool",
+        "redis.asyncio.BlockingConnectionPool",
+    ),
+    "redis-outage": ("SmartRedisPool", "redis.BlockingConnectionPool"),
 }
 
 
@@ -48,6 +66,23 @@ def _impls(rows: list[dict[str, Any]]) -> str:
     return " ".join(str(r.get("impl", r)) for r in rows)
 
 
+def _redis_server_children() -> set[int]:
+    """Pids of live (not zombie) redis-server processes this process started."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, _, rest = stat.partition(") ")
+        fields = rest.split()
+        if comm.endswith("(redis-server") and fields[0] != "Z" and int(fields[1]) == me:
+            found.add(int(entry.name))
+    return found
+
+
 #: scenarios that draw plots, and the files they write
 PLOTS = {"fairness": ["fairness.png"], "ramp": ["ramp.png"], "async-fairness": ["async-fairness.png"]}
 
@@ -56,8 +91,16 @@ PLOTS = {"fairness": ["fairness.png"], "ramp": ["ramp.png"], "async-fairness": [
 def test_scenario_runs_and_reports(
     scenario: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    require_postgres()
+    if scenario == "redis-outage":  # runs a redis-server of its own
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server not on PATH")
+    elif scenario.startswith("redis-"):
+        require_redis()
+    else:
+        require_postgres()
+    servers_before = _redis_server_children()
     assert cli.main(["bench", scenario, "--quick", "--json", "--plots", str(tmp_path)]) == 0
+    assert _redis_server_children() == servers_before, f"{scenario} left a redis-server running"
     for name in PLOTS.get(scenario, []):
         png = (tmp_path / name).read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000, name
