@@ -96,12 +96,8 @@ class CircuitOpen(PoolError):
     retry_after: float
     orig: Any
 
-
-class BreakerOpenError(CircuitOpen):
-    """The neutral :class:`CircuitOpen`, for adapters without an ecosystem type."""
-
-    def __init__(self, message: str, retry_after: float, orig: BaseException | None = None) -> None:
-        super().__init__(message)
+    def _note(self, message: str, retry_after: float, orig: BaseException | None) -> None:
+        """Set the attributes; each ecosystem class calls it after its own base's ``__init__``."""
         self.message = message
         self.retry_after = retry_after
         self.orig = orig if orig is not None else DatabaseUnavailable(message)
@@ -111,6 +107,14 @@ class BreakerOpenError(CircuitOpen):
 
     def __reduce__(self) -> Any:
         return self.__class__, (self.message, self.retry_after)
+
+
+class BreakerOpenError(CircuitOpen):
+    """The neutral :class:`CircuitOpen`, for adapters without an ecosystem type."""
+
+    def __init__(self, message: str, retry_after: float, orig: BaseException | None = None) -> None:
+        super().__init__(message)
+        self._note(message, retry_after, orig)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,14 +10,11 @@ that serves several ecosystems can catch one type (``except CircuitOpen``).
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis import exceptions as redis_exc
 
 from .errors import (
     AcquireTimeout,
     CircuitOpen,
-    DatabaseUnavailable,
     ErrorTypes,
     PoolClosedError,
     WaitQueueFull,
@@ -45,15 +42,7 @@ class RedisCircuitOpenError(redis_exc.ConnectionError, CircuitOpen):
 
     def __init__(self, message: str, retry_after: float, orig: BaseException | None = None) -> None:
         redis_exc.ConnectionError.__init__(self, message)
-        self.message = message
-        self.retry_after = retry_after
-        self.orig = orig if orig is not None else DatabaseUnavailable(message)
-
-    def __str__(self) -> str:
-        return self.message
-
-    def __reduce__(self) -> Any:
-        return self.__class__, (self.message, self.retry_after)
+        self._note(message, retry_after, orig)
 
 
 REDIS_ERRORS = ErrorTypes(
