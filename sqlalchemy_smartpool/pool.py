@@ -10,10 +10,8 @@ exception types, and (for asyncio) the event loop as the engine's runtime.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +25,10 @@ from . import stats as S
 from .config import PoolConfig, from_pool_arguments
 from .core import PoolCore
 from .engine import SLOT_ATTR, PoolEngine, Runtime
-from .errors import WrongEventLoop, describe_error
+from .errors import describe_error
 from .sa_errors import SQLALCHEMY_ERRORS
 from .sched import Housekeeper
-from .sched_asyncio import LoopRuntime
+from .sched_asyncio import checkout_on_loop
 
 logger = logging.getLogger("sqlalchemy_smartpool.pool")
 
@@ -385,30 +383,19 @@ class AsyncSmartPool(SmartPool):
 
     def __init__(self, creator: Any, **kw: Any) -> None:
         super().__init__(creator, **kw)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._do_get = self._checkout_on_loop  # type: ignore[method-assign]
 
     def _runtime(self, name: str, workers: int) -> Runtime:
-        from sqlalchemy.util import concurrency
+        from .greenlets import loop_runtime
 
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise WrongEventLoop(f"pool {name}: an asyncio pool needs a running event loop") from None
-        await_ = getattr(concurrency, "await_", None) or concurrency.await_only
-        self._loop = loop
-        return LoopRuntime(
-            name, loop=loop, spawn=concurrency.greenlet_spawn, await_=await_, clock=self._clock
-        )
+        return loop_runtime(name, self._clock)
 
     def _checkout_on_loop(self) -> _ConnectionRecord:
-        rt = self._engine._rt
-        if rt is not None and _get_running_loop() is not self._loop:
-            rt.check_caller()  # raises WrongEventLoop with the story
-        return self._engine.checkout()
+        record: _ConnectionRecord = checkout_on_loop(self._engine)
+        return record
 
     async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
         """Start the pool and wait until ``min_size`` connections are open (prewarm)."""
-        from sqlalchemy.util import greenlet_spawn
+        from .greenlets import spawn
 
-        await greenlet_spawn(self._engine.wait_ready, timeout)
+        await spawn(self._engine.wait_ready, timeout)

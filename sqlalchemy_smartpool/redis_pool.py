@@ -20,11 +20,9 @@ endpoint; the engine owns those lists).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
-from asyncio.events import _get_running_loop
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -39,10 +37,10 @@ from . import leaks
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
 from .engine import SLOT_ATTR, PoolEngine, Runtime
-from .errors import ConfigError, WrongEventLoop
+from .errors import ConfigError
 from .redis_errors import REDIS_ERRORS
 from .sched import Housekeeper
-from .sched_asyncio import LoopRuntime
+from .sched_asyncio import checkout_on_loop
 
 #: on every connection we open: the backend (and so the engine, and the process) it belongs to
 OWNER_ATTR = "_smartpool_owner"
@@ -560,11 +558,10 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
     _backend_class = _AsyncBackend
 
     def __init__(self, connection_class: Any = redis.asyncio.Connection, **kwargs: Any) -> None:
-        from sqlalchemy.util import concurrency
+        from . import greenlets
 
-        self._spawn = concurrency.greenlet_spawn
-        self._await_ = getattr(concurrency, "await_", None) or concurrency.await_only
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._spawn = greenlets.spawn
+        self._await_ = greenlets.await_
         super().__init__(connection_class, **kwargs)
 
     @staticmethod
@@ -577,18 +574,12 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
         return kwargs
 
     def _runtime(self, name: str, workers: int) -> Runtime:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise WrongEventLoop(f"pool {name}: an asyncio pool needs a running event loop") from None
-        self._loop = loop
-        return LoopRuntime(name, loop=loop, spawn=self._spawn, await_=self._await_, clock=self._clock)
+        from .greenlets import loop_runtime
+
+        return loop_runtime(name, self._clock)
 
     def _checkout(self) -> Any:
-        rt = self._engine._rt
-        if rt is not None and _get_running_loop() is not self._loop:
-            rt.check_caller()  # raises WrongEventLoop with the story
-        return self._engine.checkout()
+        return checkout_on_loop(self._engine)
 
     # -- redis.asyncio's pool API ------------------------------------------------------
 

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import threading
+from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -169,6 +170,26 @@ class LoopRuntime:
     def stop(self) -> None:
         """Stop timers; jobs in flight finish (their results are dropped by the engine)."""
         self._stopped = True
+
+
+def runtime_on_running_loop(
+    name: str, *, spawn: Spawn, await_: AwaitFn, clock: Callable[[], float]
+) -> LoopRuntime:
+    """A runtime bound to the running loop; ``WrongEventLoop`` when there is none."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise WrongEventLoop(f"pool {name}: an asyncio pool needs a running event loop") from None
+    return LoopRuntime(name, loop=loop, spawn=spawn, await_=await_, clock=clock)
+
+
+def checkout_on_loop(engine: Any) -> Any:
+    """``engine.checkout()``, refused with ``WrongEventLoop`` from another loop than the
+    runtime's (one identity test on the hot path; the story only when it fails)."""
+    rt = engine._rt
+    if isinstance(rt, LoopRuntime) and _get_running_loop() is not rt.loop:
+        rt.check_caller()
+    return engine.checkout()
 
 
 def check_loop(rt: LoopRuntime, name: str) -> None:
