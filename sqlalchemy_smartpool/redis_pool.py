@@ -36,11 +36,11 @@ from redis._parsers import Encoder
 from . import leaks
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
-from .engine import SLOT_ATTR, PoolEngine, Runtime
+from .engine import SLOT_ATTR, Pending, PoolEngine, Runtime
 from .errors import ConfigError
 from .redis_errors import REDIS_ERRORS
 from .sched import Housekeeper
-from .sched_asyncio import checkout_on_loop
+from .sched_asyncio import check_on_loop
 
 #: on every connection we open: the backend (and so the engine, and the process) it belongs to
 OWNER_ATTR = "_smartpool_owner"
@@ -197,10 +197,36 @@ class _SyncBackend:
 
     def open(self) -> Any:
         conn = self._cls(**self._kwargs)
-        self._await(conn.connect())
+        user = conn.socket_timeout
+        bound = conn.socket_connect_timeout  # yours, or connect_timeout (see split_kwargs)
+        if bound is None or (user is not None and user <= bound):
+            self._await(conn.connect())
+        else:
+            # redis-py reads the handshake (HELLO, AUTH, SELECT, CLIENT SETNAME) with
+            # socket_timeout, by default none: a black-holed host would hang this connect
+            # for ever, and the breaker never hear of it. Bound it as the TCP connect is.
+            conn.socket_timeout = bound
+            try:
+                self._await(conn.connect())
+            finally:
+                conn.socket_timeout = user
+                self._restore_timeout(conn, user)
         setattr(conn, OWNER_ATTR, self)
         setattr(conn, _WIRE_ATTR, self._wire(conn))
         return conn
+
+    @staticmethod
+    def _restore_timeout(conn: Any, timeout: float | None) -> None:
+        """The socket and the parser's buffer copied the handshake's bound: give them the user's."""
+        sock = conn._sock
+        if sock is not None:
+            sock.settimeout(timeout)
+        parser = conn._parser
+        buffer = getattr(parser, "_buffer", None)
+        if buffer is not None and hasattr(buffer, "socket_timeout"):  # the Python parser
+            buffer.socket_timeout = timeout
+        if hasattr(parser, "_socket_timeout"):  # hiredis
+            parser._socket_timeout = timeout
 
     def close(self, conn: Any, reason: BaseException | None = None) -> None:
         self._await(conn.disconnect())
@@ -521,6 +547,22 @@ def _aio_closed(conn: Any) -> bool:
     return reader is None or reader.at_eof() or bool(getattr(reader, "_buffer", b""))
 
 
+def _aio_unread(conn: Any) -> bool:
+    """What redis-py's asyncio ``can_read()`` looks at -- the parser's buffer (or
+    hiredis' reader), the stream's buffer and EOF -- read without awaiting, so a
+    release needs no greenlet. A closed parser counts as unread data: not reusable."""
+    parser = conn._parser
+    if not getattr(parser, "_connected", True):
+        return True
+    if getattr(parser, "_buffer", None):
+        return True
+    reader = getattr(parser, "_reader", None)
+    has_data = getattr(reader, "has_data", None)
+    if has_data is not None and has_data():
+        return True
+    return _aio_closed(conn)
+
+
 class _AsyncBackend(_SyncBackend):
     """The engine's Backend for ``redis.asyncio.Connection``: the same calls, each awaited
     from the engine's greenlet (``await_``); only the wire and the socket differ."""
@@ -528,12 +570,15 @@ class _AsyncBackend(_SyncBackend):
     def _wire(self, conn: Any) -> Any:
         return conn._writer
 
+    @staticmethod
+    def _restore_timeout(conn: Any, timeout: float | None) -> None:
+        """redis.asyncio reads ``socket_timeout`` at each read: nothing else kept a copy."""
+
     def same_wire(self, conn: Any) -> bool:
         return super().same_wire(conn) and bool(conn.is_connected)
 
     def _can_read(self, conn: Any) -> bool:
-        check = getattr(conn, "can_read", None) or conn.can_read_destructive
-        return bool(self._await(check()))
+        return _aio_unread(conn)
 
     def socket_fd(self, conn: Any) -> int | None:
         writer = conn._writer
@@ -578,19 +623,33 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
 
         return loop_runtime(name, self._clock)
 
-    def _checkout(self) -> Any:
-        return checkout_on_loop(self._engine)
-
     # -- redis.asyncio's pool API ------------------------------------------------------
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        """A connected connection (legacy command-name arguments are ignored)."""
+        """A connected connection (legacy command-name arguments are ignored).
+
+        An idle connection that needs no ping is taken without entering a greenlet;
+        only a wait, a ping or a connect runs the engine's blocking-style code in one.
+        """
         self._checkpid()
-        return await self._spawn(self._checkout)
+        engine = self._engine
+        check_on_loop(engine)
+        got = engine.checkout_nowait()
+        if got.__class__ is Pending:
+            return await self._spawn(got.finish)
+        return got
 
     async def release(self, connection: Any) -> None:
+        """Take a connection back; the look at it and the return never block, so no
+        greenlet either -- unless the pool's tasks have stopped and a close must happen here."""
         self._checkpid()
-        await self._spawn(self._return, connection)
+        owner = getattr(connection, OWNER_ATTR, None)  # its engine: ours, or one reset() replaced
+        engine = owner.engine if owner is not None else None
+        rt = engine._rt if engine is not None else None
+        if rt is not None and rt.alive:
+            self._return(connection)
+        else:
+            await self._spawn(self._return, connection)
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         """Close idle connections (and by default those in use); the pool stays usable
