@@ -92,7 +92,7 @@ def _dialect_is_async(url: URL) -> bool:
 
 def _from_stub(stub: URL, environ: Mapping[str, str]) -> URL:
     """The URL ``SMARTPOOL_URL_ENCRYPTED`` holds, with the stub's ``smartpool_*`` keys added."""
-    extra = [k for k in stub.query if not k.startswith(URL_PREFIX)]
+    extra = [k for k in stub.query if not k.startswith(URL_PREFIX) and k not in ("plugin", "plugins")]
     if stub.host or stub.database or stub.username or stub.password or stub.port or extra:
         raise SecretError(
             "URL",
@@ -105,6 +105,8 @@ def _from_stub(stub: URL, environ: Mapping[str, str]) -> URL:
     url = parse_url(decrypt_url(environ=environ), what=ENV_URL_ENCRYPTED)
     url = url.difference_update_query(["plugin", "plugins"])
     for key, value in stub.query.items():
+        if key in ("plugin", "plugins"):
+            continue
         if key in url.query:
             raise SecretError(
                 "URL", None, f"{key} is in both the stub URL and {ENV_URL_ENCRYPTED}; give it once"
