@@ -401,7 +401,7 @@ NOT_SA = tuple(x for x in LAYERS if x != "sa")  # SQLAlchemy's arguments map onl
 def test_precedence_property(assignment: dict[str, set[str]]) -> None:
     """Each field ends up with the value of the highest layer that set it (defaults if none), and a
     keyword and a SQLAlchemy argument that disagree fail unless an operator layer sets the field."""
-    chosen = {
+    chosen: dict[str, dict[str, Any]] = {
         layer: {f: _value(layer, f) for f, layers in assignment.items() if layer in layers}
         for layer in LAYERS
     }

@@ -47,10 +47,11 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def assert_hides(err: BaseException, *secrets: str) -> None:
     """Not in the message, the repr, nor any exception a traceback of it would print."""
-    shown, seen = "", err
-    while seen is not None:
-        shown += str(seen) + repr(seen) + "".join(traceback.format_exception_only(seen))
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    shown = ""
+    chain: BaseException | None = err
+    while chain is not None:
+        shown += str(chain) + repr(chain) + "".join(traceback.format_exception_only(chain))
+        chain = chain.__cause__ or (None if chain.__suppress_context__ else chain.__context__)
     for secret in secrets:
         assert secret not in shown, f"{secret[:6]}... leaked: {shown}"
 

@@ -102,7 +102,7 @@ def test_protect_round_trip_through_both_url_parsers() -> None:
     url = "redis://{env:U}:{file:/run/pw}@{env:RedisHost}:6379/0?client_name={env:N}"
     safe, restore = urltemplate.protect(url)
     assert "{" not in safe
-    parsed = redis.connection.parse_url(safe)
+    parsed = redis.connection.parse_url(safe)  # type: ignore[no-untyped-call]
     assert restore(parsed["host"]) == "{env:RedisHost}"  # redis-py lowercases host names; the token survives
     assert (restore(parsed["username"]), restore(parsed["password"])) == ("{env:U}", "{file:/run/pw}")
     assert restore(parsed["client_name"]) == "{env:N}"
