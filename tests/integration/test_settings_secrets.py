@@ -15,11 +15,8 @@ server only).
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,34 +31,17 @@ from sqlalchemy_smartpool.errors import SecretError
 from sqlalchemy_smartpool.plugin import smartpool_url
 from sqlalchemy_smartpool.urlcrypt import encrypt_url, generate_key
 
+from ._secrets import LockedRedis, Role, login_roles
 from ._services import HOST, POSTGRES_PORT, require_postgres
-from .conftest import EngineFactory, PgAdmin, wait_until
+from .conftest import EngineFactory, PgAdmin
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Role:
-    name: str
-    password: str
-
-
 @pytest.fixture
 def roles(pg_admin: PgAdmin) -> Iterator[tuple[Role, Role]]:
-    """Two login roles of this test's own, dropped (their backends terminated first) afterwards."""
-    tag = uuid.uuid4().hex[:10]
-    made = (Role(f"sp_tpl_{tag}_a", f"pw-a-{tag}"), Role(f"sp_tpl_{tag}_b", f"pw-b-{tag}"))
-    for role in made:
-        pg_admin.query(f"CREATE ROLE {role.name} LOGIN PASSWORD '{role.password}'")
-    try:
-        yield made
-    finally:
-        names = [role.name for role in made]
-        backends = "SELECT pid FROM pg_stat_activity WHERE usename = ANY(%s)"
-        pg_admin.query(f"SELECT pg_terminate_backend(pid) FROM ({backends}) b", names)
-        wait_until(lambda: not pg_admin.query(backends, names), 5)  # DROP ROLE fails while one is logged in
-        for name in names:
-            pg_admin.query(f"DROP ROLE IF EXISTS {name}")
+    with login_roles(pg_admin, "sp_tpl", 2) as made:
+        yield made[0], made[1]
 
 
 @pytest.fixture
@@ -196,45 +176,6 @@ def test_a_missing_secret_fails_create_engine(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- Redis, password checked
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class LockedRedis:
-    """A redis-server of this test's own that requires a password (only its own is rotated)."""
-
-    def __init__(self, password: str) -> None:
-        self.port = _free_port()
-        self.password = password
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no",
-             "--requirepass", password],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-
-        def up() -> bool:
-            try:
-                return bool(self.admin().ping())
-            except redis.ConnectionError:
-                return False
-
-        assert wait_until(up, 10), "redis-server did not start"
-
-    def admin(self) -> redis.Redis:
-        return redis.Redis(host=HOST, port=self.port, password=self.password, socket_timeout=2)
-
-    def rotate(self, password: str) -> None:
-        self.admin().config_set("requirepass", password)
-        self.password = password
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
 
 
 @pytest.fixture
