@@ -504,7 +504,11 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
     :class:`PoolConfig` field is a keyword (``pool_config=`` too); redis-py's
     ``max_connections`` means ``max_size`` and ``BlockingConnectionPool``'s
     ``timeout`` means ``acquire_timeout``; all other keywords go to
-    ``connection_class`` as with redis-py. Callers wait (FIFO, up to
+    ``connection_class`` as with redis-py. The settings file
+    (``SMARTPOOL_CONFIG_FILE``) and ``SMARTPOOL_*`` variables apply on top, as
+    for SmartPool (``environ={}`` ignores them); ``{env:NAME}`` /
+    ``{file:PATH}`` placeholders in the URL or keywords are read at every
+    connect. Callers wait (FIFO, up to
     ``acquire_timeout``) when all connections are busy, as with
     ``BlockingConnectionPool``; a timeout raises :class:`~.redis_errors.RedisPoolTimeout`,
     a ``redis.ConnectionError``.
