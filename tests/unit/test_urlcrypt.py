@@ -306,3 +306,11 @@ def test_commands_in_a_subprocess(tmp_path: Path) -> None:
     env["SMARTPOOL_URL_ENCRYPTED"] = token[:-8]
     bad = subprocess.run([*cmd, "decrypt-url", "--check"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == "" and token[:-8] not in bad.stderr
+
+
+def test_helpers_are_exported_lazily() -> None:
+    import sqlalchemy_smartpool
+
+    assert sqlalchemy_smartpool.decrypt_url is decrypt_url
+    assert sqlalchemy_smartpool.smartpool_url is smartpool_url
+    assert sqlalchemy_smartpool.encrypt_url is encrypt_url
