@@ -11,8 +11,9 @@ exception types, and (for asyncio) the event loop as the engine's runtime.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import event
@@ -130,6 +131,14 @@ class SmartPool(Pool):
     -> ``max_lifetime``, ``pool_pre_ping`` -> ``validate_on_checkout``,
     ``pool_use_lifo`` -> ``reuse``.
 
+    The operator's layers apply on top of the code's, as with the
+    ``smartpool`` plugin: the settings file named by ``SMARTPOOL_CONFIG_FILE``,
+    then ``SMARTPOOL_*`` variables (of ``environ``, ``os.environ`` by default;
+    ``environ={}`` ignores them). Without ``pool_config`` the defaults are
+    those of the dialect's backend (:data:`~.config.BACKEND_DEFAULTS`).
+    ``{env:NAME}`` / ``{file:PATH}`` placeholders in the URL are resolved at
+    every connect (:mod:`~.urltemplate`).
+
     Background work (prewarm to ``min_size``, growth, shrinking, lifetimes)
     starts at the first checkout or at :meth:`wait` -- not in the constructor,
     because ``create_engine`` attaches the dialect's connect hooks only after
@@ -180,6 +189,7 @@ class SmartPool(Pool):
         dialect: Any = None,
         _dispatch: Any = None,
         clock: Callable[[], float] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         given = {
             k: v
@@ -197,7 +207,14 @@ class SmartPool(Pool):
             "use_lifo": use_lifo,
         }
         sa_given = {k: v for k, v in sa_given.items() if v is not _UNSET}
-        self._config = from_pool_arguments(pool_config, given, sa_given)
+        real_dialect = dialect is not None and not isinstance(dialect, _ConnDialect)
+        self._config = from_pool_arguments(
+            pool_config,
+            given,
+            sa_given,
+            environ=os.environ if environ is None else environ,
+            backend=getattr(dialect, "name", None) if real_dialect else None,
+        )
         Pool.__init__(
             self,
             creator,
@@ -213,11 +230,12 @@ class SmartPool(Pool):
         self._check_dialect(dialect)
         self._clock: Callable[[], float] = clock or time.monotonic
         self._pool_name = self._config.name or f"0x{id(self):x}"
-        real_dialect = not isinstance(self._dialect, _ConnDialect)
         # without a dialect (a bare pool) there is no ping, only a validation_query
         can_validate = self._config.validation_query is not None or real_dialect
         if real_dialect and self._config.connect_timeout is not None:
             drivers.install_connect_timeout(self._dialect, self._config.connect_timeout)
+        if real_dialect:
+            drivers.install_url_templates(self._dialect)
         if real_dialect and self._config.leak_detection_threshold is not None:
             drivers.install_statement_hook(self._dialect, _note_statement)
         # recreate() copies the old pool's listeners (``_dispatch``): add it once
@@ -328,6 +346,7 @@ class SmartPool(Pool):
             _dispatch=self.dispatch,
             dialect=self._dialect,
             clock=self._clock if self._clock is not time.monotonic else None,
+            environ={},  # the config already holds the file's, environment's and URL's settings
         )
 
     def _do_get(self) -> _ConnectionRecord:  # replaced per instance by the engine's checkout

@@ -32,8 +32,9 @@ import redis.asyncio.connection as aio_connection
 from redis import connection as sync_connection
 from redis import exceptions as redis_exc
 from redis._parsers import Encoder
+from redis.credentials import CredentialProvider
 
-from . import leaks
+from . import leaks, urltemplate
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
 from .engine import SLOT_ATTR, Pending, PoolEngine, Runtime
@@ -64,7 +65,10 @@ _parse_url: Callable[[str], dict[str, Any]] = sync_connection.parse_url
 
 
 def split_kwargs(
-    kwargs: Mapping[str, Any], *, url_query: Mapping[str, Any] | None = None
+    kwargs: Mapping[str, Any],
+    *,
+    url_query: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[PoolConfig, dict[str, Any]]:
     """Separate pool settings from connection kwargs; returns (config, connection kwargs).
 
@@ -72,7 +76,10 @@ def split_kwargs(
     ``pool_config=``; redis-py's pool arguments ``max_connections`` (-> ``max_size``)
     and ``timeout`` (``BlockingConnectionPool``'s wait; ``None`` = wait for ever ->
     ``acquire_timeout``). ``queue_class`` is accepted and ignored (the engine's
-    ``reuse`` decides). Everything else goes to the connection class.
+    ``reuse`` decides). Everything else goes to the connection class. The layers
+    are the SQLAlchemy pools': defaults (``redis``'s) < ``pool_config`` < keywords
+    < the settings file and ``SMARTPOOL_*`` variables of ``environ`` (none if None)
+    < ``url_query``.
     """
     rest = dict(kwargs)
     base = rest.pop("pool_config", None)
@@ -110,7 +117,7 @@ def split_kwargs(
             "leave it unset or pass MaintNotificationsConfig(enabled=False)",
             source="keyword",
         )
-    config = from_pool_arguments(base, given, {}, url_query=url_query)
+    config = from_pool_arguments(base, given, {}, url_query=url_query, environ=environ, backend="redis")
     if (
         config.connect_timeout is not None
         and rest.get("socket_connect_timeout") is None
@@ -123,7 +130,10 @@ def split_kwargs(
 def _url_kwargs(url: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """redis-py's ``from_url`` merge (URL options win), with the pool settings of the query
     (``smartpool_<setting>`` or a bare setting name) split off, to be parsed as text."""
-    options: dict[str, Any] = _parse_url(url)
+    safe, restore = urltemplate.protect(url)  # {env:REDIS_HOST} would not survive the URL parser
+    options: dict[str, Any] = {
+        k: restore(v) if isinstance(v, str) else v for k, v in _parse_url(safe).items()
+    }
     query = {k: options.pop(k) for k in list(options) if k.startswith("smartpool_")}
     for k in list(options):  # ?max_size=9: a pool setting, as text, spelled without the prefix
         if k in POOL_KEYWORDS or k.startswith("breaker_"):
@@ -131,6 +141,47 @@ def _url_kwargs(url: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[
     if "connection_class" in kwargs:
         options["connection_class"] = kwargs["connection_class"]
     return {**kwargs, **options}, query
+
+
+class TemplatedCredentials(CredentialProvider):
+    """``username`` / ``password`` with ``{env:}`` / ``{file:}`` placeholders, resolved at each AUTH.
+
+    redis-py asks its credential provider whenever a connection (re)connects,
+    also when it reconnects on its own after an error, so a rotated secret
+    file is used by the next one. Its repr shows no credentials.
+    """
+
+    def __init__(self, username: str | None, password: str | None) -> None:
+        self._username = username
+        self._password = password
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self._password or ""
+        if urltemplate.has_placeholders(password):
+            password = urltemplate.resolve(password, where="redis password")
+        username = self._username or ""
+        if urltemplate.has_placeholders(username):
+            username = urltemplate.resolve(username, where="redis username")
+        return (username, password) if username else (password,)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def _templated(conn_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Check the placeholders of the connection kwargs now (fail early, naming them); templated
+    credentials become a :class:`TemplatedCredentials` provider, read at each AUTH."""
+    for key in urltemplate.templated_keys(conn_kwargs):
+        urltemplate.check(conn_kwargs[key], where=f"redis connection argument {key}")
+    creds = [k for k in ("username", "password") if urltemplate.has_placeholders(conn_kwargs.get(k))]
+    if creds and conn_kwargs.get("credential_provider") is None:
+        conn_kwargs = dict(conn_kwargs)
+        username, password = conn_kwargs.pop("username", None), conn_kwargs.pop("password", None)
+        conn_kwargs["credential_provider"] = TemplatedCredentials(username, password)
+    return conn_kwargs
 
 
 def _is_permanent(err: BaseException) -> bool:
@@ -196,7 +247,10 @@ class _SyncBackend:
         return bool(conn.can_read())
 
     def open(self) -> Any:
-        conn = self._cls(**self._kwargs)
+        kwargs = self._kwargs
+        if urltemplate.templated_keys(kwargs):  # {env:}/{file:} in host, db, ...: read at each connect
+            kwargs = urltemplate.resolve_kwargs(kwargs, where="redis connection argument {key}")
+        conn = self._cls(**kwargs)
         user = conn.socket_timeout
         bound = conn.socket_connect_timeout  # yours, or connect_timeout (see split_kwargs)
         if bound is None or (user is not None and user <= bound):
@@ -296,7 +350,10 @@ class _PoolBase:
 
     def __init__(self, connection_class: Any, **kwargs: Any) -> None:
         url_query = kwargs.pop("_url_query", None)
-        config, conn_kwargs = split_kwargs(kwargs, url_query=url_query)
+        environ = kwargs.pop("environ", None)
+        environ = os.environ if environ is None else environ
+        config, conn_kwargs = split_kwargs(kwargs, url_query=url_query, environ=environ)
+        conn_kwargs = _templated(conn_kwargs)
         if conn_kwargs.get("himport_registry") is None:
             registry_cls = _himport_registry()
             if registry_cls is not None:  # redis-py >= 8.1 shares one registry across connections
@@ -473,7 +530,11 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
     :class:`PoolConfig` field is a keyword (``pool_config=`` too); redis-py's
     ``max_connections`` means ``max_size`` and ``BlockingConnectionPool``'s
     ``timeout`` means ``acquire_timeout``; all other keywords go to
-    ``connection_class`` as with redis-py. Callers wait (FIFO, up to
+    ``connection_class`` as with redis-py. The settings file
+    (``SMARTPOOL_CONFIG_FILE``) and ``SMARTPOOL_*`` variables apply on top, as
+    for SmartPool (``environ={}`` ignores them); ``{env:NAME}`` /
+    ``{file:PATH}`` placeholders in the URL or keywords are read at every
+    connect. Callers wait (FIFO, up to
     ``acquire_timeout``) when all connections are busy, as with
     ``BlockingConnectionPool``; a timeout raises :class:`~.redis_errors.RedisPoolTimeout`,
     a ``redis.ConnectionError``.

@@ -26,6 +26,8 @@ NEUTRAL = (
     "backoff",
     "sched",
     "sched_asyncio",
+    "urltemplate",
+    "urlcrypt",
 )
 
 PROBE = """
