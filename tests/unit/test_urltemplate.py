@@ -242,6 +242,9 @@ def test_redis_backend_resolves_the_host_at_each_open(monkeypatch: pytest.Monkey
     opened: list[dict[str, Any]] = []
 
     class Recorder:
+        socket_timeout = None
+        socket_connect_timeout = None
+
         def __init__(self, **kwargs: Any) -> None:
             opened.append(kwargs)
             self._sock = object()
