@@ -531,6 +531,10 @@ class PoolEngine(Generic[C]):
 
     # -------------------------------------------------------------- health probe
 
+    #: when the connect a probe started began, while it runs (one at a time: a database
+    #: that hangs must not collect a hanging connect per health check)
+    _probe_since: float | None = None
+
     def probe(self, timeout: float) -> ProbeResult:
         """Does the database answer? For a health check; never takes a caller's place.
 
@@ -611,8 +615,15 @@ class PoolEngine(Generic[C]):
     def _probe_connect(self, rt: Runtime, start: float, deadline: float) -> ProbeResult:
         """Open one connection for a probe (it joins the pool) and wait for it until ``deadline``."""
         with self._lock:
-            refused = self.core.reserve_probe_connect()
+            since = self._probe_since
+            refused = self.core.reserve_probe_connect() if since is None else None
+            if since is None and refused is None:
+                self._probe_since = start
             generation = self._generation
+        if since is not None:
+            took = self._clock() - start
+            busy = f"the connect of an earlier probe, started {start - since:.3g}s ago, has not finished"
+            return ProbeResult(PROBE_TIMEOUT, "connect", took, busy)
         if refused is not None:
             return ProbeResult(PROBE_SKIPPED, "none", self._clock() - start, refused)
         done = rt.new_waiter(start)
@@ -630,6 +641,7 @@ class PoolEngine(Generic[C]):
         if not self._submit_job(job):
             with self._lock:  # stopped in between: give the reservation back
                 self.core.pending -= 1
+                self._probe_since = None
             return ProbeResult(PROBE_SKIPPED, "none", self._clock() - start, "pool stopped")
         woken = done.wait(budget)
         took = self._clock() - start
@@ -649,7 +661,11 @@ class PoolEngine(Generic[C]):
         with self._lock:
             created = self.core.counters[S.CONNECTIONS_CREATED]
             failed = self.core.counters[S.CONNECTIONS_FAILED]
-        self._open_one(generation, self.config.retry_attempts + 1, deadline)
+        try:
+            self._open_one(generation, self.config.retry_attempts + 1, deadline)
+        finally:
+            with self._lock:
+                self._probe_since = None
         with self._lock:
             core = self.core
             counters = core.counters

@@ -176,6 +176,9 @@ def test_a_connect_that_does_not_finish_in_time_times_out_and_joins_later(
     result = p.engine.probe(0.5)
     assert result.outcome == PROBE_TIMEOUT and result.method == "connect", result
     assert p.engine.stats().connections_pending == 1
+    again = p.engine.probe(0.5)  # no second connect while the first hangs
+    assert again.outcome == PROBE_TIMEOUT and "has not finished" in again.detail
+    assert p.engine.stats().connections_pending == 1 and len(p.rt.held) == 1
     p.rt.run_jobs()  # the connect completes after all: it is a pool connection like any
     st = p.engine.stats()
     assert (st.pool_size, st.pool_idle, st.connections_pending) == (2, 1, 0)
