@@ -198,7 +198,8 @@ def test_asgi_routes_lifespan_and_mounting(engine: sa.Engine) -> None:
     app = ASGIApp({"db": engine})
 
     async def scenario() -> None:
-        sent = await asgi(app, {"type": "lifespan"}, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        life = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent = await asgi(app, {"type": "lifespan"}, life)
         assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
         sent = await asgi(app, {"type": "websocket", "path": "/"}, [])
         assert sent == [{"type": "websocket.close", "code": 1003}]
@@ -229,7 +230,8 @@ def test_embedded_json_cannot_close_its_script_element() -> None:
     text = embed_json(evil)
     assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
     assert json.loads(text) == evil
-    page = render_page({"pools": [], "status": "ok", "refresh": 2, "generated_at": 0}, title="<i>x</i> __DATA__")
+    empty = {"pools": [], "status": "ok", "refresh": 2, "generated_at": 0}
+    page = render_page(empty, title="<i>x</i> __DATA__")
     assert b"<i>x</i>" not in page and b"&lt;i&gt;x&lt;/i&gt; __DATA__" in page
 
 
