@@ -80,13 +80,12 @@ def open_pool(url: str) -> tuple[Any, Callable[[], None]]:
     from ..pool import SmartPool
 
     parsed = sa.engine.make_url(url)
-    engine = sa.create_engine(parsed, poolclass=SmartPool)
-    if engine.dialect.is_async:
-        engine.dispose()
+    if getattr(parsed.get_dialect(), "is_async", False):
         raise ValueError(
             f"{parsed.render_as_string(hide_password=True)}: smartpool serve needs a synchronous driver "
             f"(e.g. postgresql+psycopg2://, mysql+pymysql://); mount the ASGI app for asyncio pools"
         )
+    engine = sa.create_engine(parsed, poolclass=SmartPool)
     return engine, engine.dispose
 
 
@@ -143,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as err:
             parser.error(str(err))
         server = make_http_server(WSGIApp(monitor), args.host, args.port, quiet=args.quiet)
-        host, port = server.server_name, server.server_port
+        host, port = args.host, server.server_port
         shown = ", ".join(f"{n}={monitor_target(monitor, n)}" for n in pools)
         print(f"smartpool serve: http://{host}:{port}/  ({shown})", flush=True)
         print(f"  logging audit events from {AUDIT_LOGGER!r}; Ctrl-C stops", file=sys.stderr, flush=True)
