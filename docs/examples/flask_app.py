@@ -32,7 +32,8 @@ def create_app(db_url: str, redis_url: str) -> Flask:
     @app.get("/orders/count")
     def orders_count() -> object:
         with engine.connect() as conn:
-            n = conn.execute(sa.text("SELECT count(*) FROM (VALUES (1), (2), (3)) AS orders(id)")).scalar_one()
+            query = sa.text("SELECT count(*) FROM (VALUES (1), (2), (3)) AS orders(id)")
+            n = conn.execute(query).scalar_one()
         return jsonify(orders=n, cache=bool(cache.ping()))
 
     pool_endpoints = wsgi_app({"db": engine, "cache": cache_pool}, probe_timeout=1.0, cache_for=1.0)

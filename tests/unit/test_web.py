@@ -282,3 +282,21 @@ def test_the_monitor_attaches_to_the_audit_logger_and_detaches(engine: sa.Engine
         monitor.close()
         log.setLevel(logging.NOTSET)
     assert monitor.events not in log.handlers
+
+
+def test_top_holders_are_shown_when_the_pool_has_them(engine: sa.Engine) -> None:
+    pool: Any = engine.pool
+    monitor = PoolMonitor({"db": engine})
+    try:
+        assert monitor.status()["pools"][0]["top_holders"] is None  # no such method: nothing shown
+        pool.top_holders = lambda: [{"holder": "report_job password=x", "connections": 2, "held": 1.5}]
+        shown = monitor.status()["pools"][0]["top_holders"]
+        assert shown == [{"holder": "report_job password=***", "connections": 2, "held": 1.5}]
+
+        def broken() -> Any:
+            raise RuntimeError("not now")
+
+        pool.top_holders = broken
+        assert monitor.status()["pools"][0]["top_holders"] == {"error": "RuntimeError: not now"}
+    finally:
+        monitor.close()
