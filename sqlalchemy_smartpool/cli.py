@@ -1,5 +1,5 @@
-"""The ``smartpool`` command: ``smartpool demo``, ``smartpool bench SCENARIO``, and
-``smartpool encrypt-url`` / ``decrypt-url`` / ``gen-key`` (encrypted connection URLs)."""
+"""The ``smartpool`` command: ``smartpool demo``, ``smartpool bench SCENARIO``, ``smartpool serve``,
+and ``smartpool encrypt-url`` / ``decrypt-url`` / ``gen-key`` (encrypted connection URLs)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("encrypt-url", help="encrypt a connection URL (read from stdin)", add_help=False)
     sub.add_parser("decrypt-url", help="check an encrypted URL; prints it redacted", add_help=False)
     sub.add_parser("gen-key", help="make a key for encrypted URLs", add_help=False)
+    sub.add_parser("serve", help="HTTP /health, /metrics and a live status page for pools", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command in ("encrypt-url", "decrypt-url", "gen-key"):
         from .urlcrypt import COMMANDS
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import main as bench_main
 
         return int(bench_main(rest))
+    if args.command == "serve":
+        from .web.server import main as serve_main
+
+        return int(serve_main(rest))
     from .demo import main as demo_main
 
     return int(demo_main(rest))

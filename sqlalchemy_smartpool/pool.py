@@ -27,6 +27,7 @@ from .config import PoolConfig, from_pool_arguments
 from .core import PoolCore
 from .engine import SLOT_ATTR, PoolEngine, Runtime
 from .errors import describe_error
+from .health import HealthChecker, checker_for
 from .sa_errors import SQLALCHEMY_ERRORS
 from .sched import Housekeeper
 from .sched_asyncio import checkout_on_loop
@@ -302,6 +303,19 @@ class SmartPool(Pool):
         """Checkouts held longer than ``leak_detection_threshold``, oldest first."""
         return self._engine.suspected_leaks()
 
+    def health_check(self, timeout: float = 1.0, *, cache_for: float = 1.0) -> dict[str, Any]:
+        """Does the database answer? ``ok`` / ``degraded`` / ``down``, reasons and key stats.
+
+        Pings one idle connection (or opens one) within ``timeout`` seconds and
+        judges it with the breaker, saturation and suspected leaks; a report
+        younger than ``cache_for`` seconds is returned instead of probing again
+        (see :mod:`sqlalchemy_smartpool.health`). Probes only when called.
+        """
+        return self._health_checker().check(timeout, cache_for=cache_for)
+
+    def _health_checker(self) -> HealthChecker:
+        return checker_for(self, lambda: self._engine, pool_kind="sqlalchemy")
+
     def close(self) -> None:
         """Close for good: fail waiters, close idle connections, stop background work.
 
@@ -418,3 +432,14 @@ class AsyncSmartPool(SmartPool):
         from .greenlets import spawn
 
         await spawn(self._engine.wait_ready, timeout)
+
+    async def health_check(  # type: ignore[override]
+        self, timeout: float = 1.0, *, cache_for: float = 1.0
+    ) -> dict[str, Any]:
+        """:meth:`SmartPool.health_check`, awaited on the pool's event loop."""
+        return await self._health_checker().acheck(timeout, cache_for=cache_for)
+
+    def _health_checker(self) -> HealthChecker:
+        from .greenlets import spawn
+
+        return checker_for(self, lambda: self._engine, pool_kind="sqlalchemy", spawn=spawn)

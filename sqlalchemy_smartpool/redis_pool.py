@@ -39,6 +39,7 @@ from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
 from .engine import SLOT_ATTR, Pending, PoolEngine, Runtime
 from .errors import ConfigError
+from .health import HealthChecker, checker_for
 from .redis_errors import REDIS_ERRORS
 from .sched import Housekeeper
 from .sched_asyncio import check_on_loop
@@ -502,6 +503,10 @@ class _PoolBase:
         """Open connections (idle + in use)."""
         return self._engine.core.size
 
+    def _health_checker(self) -> HealthChecker:
+        spawn = getattr(self, "_spawn", None)  # the asyncio pool's greenlet bridge
+        return checker_for(self, lambda: self._engine, pool_kind=self.pool_kind, spawn=spawn)
+
     def _owned_slot(self, connection: Any) -> Any:
         """The slot of a connection this pool's current engine handed out, else None."""
         owner = getattr(connection, OWNER_ATTR, None)
@@ -591,6 +596,13 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
         """Start the pool and block until ``min_size`` connections are open (prewarm)."""
         self._checkpid()
         self._engine.wait_ready(timeout)
+
+    def health_check(self, timeout: float = 1.0, *, cache_for: float = 1.0) -> dict[str, Any]:
+        """Does Redis answer? ``ok`` / ``degraded`` / ``down``, reasons and key stats: one idle
+        connection PINGed (or one opened) within ``timeout``, cached for ``cache_for`` seconds
+        (see :mod:`sqlalchemy_smartpool.health`). Probes only when called."""
+        self._checkpid()
+        return self._health_checker().check(timeout, cache_for=cache_for)
 
     def __enter__(self) -> SmartRedisPool:
         return self
@@ -739,6 +751,11 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
         """Start the pool and wait until ``min_size`` connections are open (prewarm)."""
         self._checkpid()
         await self._spawn(self._engine.wait_ready, timeout)
+
+    async def health_check(self, timeout: float = 1.0, *, cache_for: float = 1.0) -> dict[str, Any]:
+        """:meth:`SmartRedisPool.health_check`, awaited on the pool's event loop."""
+        self._checkpid()
+        return await self._health_checker().acheck(timeout, cache_for=cache_for)
 
     async def __aenter__(self) -> AsyncSmartRedisPool:
         return self

@@ -28,6 +28,7 @@ NEUTRAL = (
     "sched_asyncio",
     "urltemplate",
     "urlcrypt",
+    "health",
 )
 
 PROBE = """
