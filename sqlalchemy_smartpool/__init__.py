@@ -29,6 +29,9 @@ _LAZY = {
     "smartpool_url": "plugin",
     "decrypt_url": "urlcrypt",
     "encrypt_url": "urlcrypt",
+    "swap_pool": "live",
+    "watch_settings": "live",
+    "install_sighup_reload": "live",
 }
 
 
@@ -59,4 +62,7 @@ __all__ = [
     "decrypt_url",
     "encrypt_url",
     "smartpool_url",
+    "install_sighup_reload",
+    "swap_pool",
+    "watch_settings",
 ]

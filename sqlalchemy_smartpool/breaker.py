@@ -127,6 +127,23 @@ class CircuitBreaker:
             self.next_probe_at = self._clock() + self._backoff.next_delay()
             self._move(BreakerState.OPEN)
 
+    def apply(self, config: CircuitBreakerConfig) -> None:
+        """New settings, in force for the next decision (live reconfiguration).
+
+        The state and the failure count are kept: an open breaker stays open
+        until its next probe (drawn with the new backoff), a closed one opens
+        at the new threshold. Disabling it closes it at once.
+        """
+        self.config = config
+        backoff = self._backoff
+        backoff.initial, backoff.maximum = config.backoff_initial, config.backoff_max
+        backoff.multiplier, backoff.jitter = config.backoff_multiplier, config.jitter
+        if config.failure_ratio is None:
+            self._window.clear()
+        if not config.enabled and self.state is not BreakerState.CLOSED:
+            self.probe_in_flight = False
+            self._move(BreakerState.CLOSED)
+
     def reset(self) -> None:
         """Forget all history (used by ``dispose()``)."""
         self.consecutive_failures = 0

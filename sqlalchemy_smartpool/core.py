@@ -37,6 +37,11 @@ C = TypeVar("C")
 
 _ids = itertools.count(1)
 
+#: ``Slot.expires_at`` of a checked-out connection that must come back through the slow
+#: path of :meth:`PoolCore.checkin` (drained, retiring, or above a lowered ``max_size``);
+#: the fast path's lifetime test catches it at no extra cost
+MARKED = float("-inf")
+
 
 class Slot(Generic[C]):
     """One open connection and the pool's notes about it."""
@@ -45,6 +50,7 @@ class Slot(Generic[C]):
         "checked_out_at",
         "conn",
         "created_at",
+        "epoch",
         "expires_at",
         "id",
         "last_used",
@@ -65,6 +71,8 @@ class Slot(Generic[C]):
         self.lease: object | None = None
         #: the adapter's non-blocking look at the socket (``select.poll``), or None
         self.poller: Any = None
+        #: the pool's drain epoch when it was opened: older ones are not reused
+        self.epoch = 0
 
     def __repr__(self) -> str:
         return f"<Slot #{self.id}>"
@@ -140,6 +148,17 @@ class PoolCore(Generic[C]):
         #: the last failed connect attempt, for error messages and ``__cause__``
         self.last_connect_error: BaseException | None = None
         self.last_connect_error_at = float("-inf")
+        #: checkouts wait, nothing is opened (``pause()``); idle connections stay parked
+        self.paused = False
+        #: a swapped-out pool: returns serve its remaining waiters or close, nothing idles
+        self.retiring = False
+        #: bumped by ``drain()``: connections of an older epoch are closed, never reused
+        self.epoch = 0
+        #: checked-out connections above a lowered ``max_size``, by slot id, with their own
+        #: end of life: each comes back through the slow path and is closed while over
+        self.over_marks: dict[int, float] = {}
+        #: connects in flight when ``max_size`` was lowered below the pool (dropped on arrival)
+        self.stale_connects = 0
         self.counters: dict[str, int] = dict.fromkeys(S.COUNTERS, 0)
         #: kept out of ``counters`` because the adapters' hot paths bump it directly
         self.checkouts = 0
@@ -160,14 +179,16 @@ class PoolCore(Generic[C]):
             expires = float("inf")
         else:
             expires = now + lifetime * (1.0 - self.config.lifetime_jitter * self._rng.random())
-        return Slot(conn, now, expires)
+        slot = Slot(conn, now, expires)
+        slot.epoch = self.epoch
+        return slot
 
     # -- checkout ---------------------------------------------------------------------
 
     def take_idle(self, now: float) -> Slot[C] | None:
         """The fast path: an idle connection if nobody is queued ahead of the caller."""
         waiters = self.waiters
-        if not self.idle or (waiters and not self._may_barge(now)):
+        if not self.idle or (waiters and not self._may_barge(now)) or self.paused:
             return None
         slot = self.idle.pop() if self._lifo else self.idle.popleft()
         slot.checked_out_at = now  # _lease(), inlined: this is every checkout's cost
@@ -206,7 +227,7 @@ class PoolCore(Generic[C]):
 
     def plan_connects(self, now: float) -> int:
         """How many background connects to start now; they are counted as pending."""
-        if self.closed or self.size + self.pending >= self.config.max_size:
+        if self.closed or self.size + self.pending >= self.config.max_size or self.paused:
             return 0  # the common answer under contention, without the sizing call
         want = connects_wanted(
             size=self.size,
@@ -286,6 +307,8 @@ class PoolCore(Generic[C]):
         it is not kept (the adapter closes it)."""
         self.pending -= 1
         self.counters[S.CONNECTIONS_CREATED] += 1
+        if self.stale_connects:
+            self.stale_connects -= 1
 
     # -- checkin ----------------------------------------------------------------------
 
@@ -300,6 +323,16 @@ class PoolCore(Generic[C]):
         if usable and not self.waiters and now < slot.expires_at and not self.closed:
             self.idle.append(slot)  # _place(), inlined for the common case
             return None, False
+        if slot.expires_at == MARKED:  # drained, retiring, or above a lowered max_size
+            if not usable:
+                self.over_marks.pop(slot.id, None)
+            elif self.retiring and self.waiters and not self.closed and not self.paused:
+                self.over_marks.pop(slot.id, None)
+                return self._place(slot, now), False
+            elif self._retire_on_return(slot):
+                self.size -= 1
+                self.counters[S.CONNECTIONS_RETIRED] += 1
+                return None, True
         if not usable:
             self.size -= 1
             self.counters[S.CONNECTIONS_INVALIDATED] += 1
@@ -324,7 +357,7 @@ class PoolCore(Generic[C]):
     def serve_waiters(self, now: float) -> list[Waiter[C]]:
         """Hand idle connections to waiters whose barge window has passed; the adapter wakes them."""
         served = []
-        while self.idle and self.waiters and not self._may_barge(now):
+        while self.idle and self.waiters and not self._may_barge(now) and not self.paused:
             slot = self.idle.pop() if self._lifo else self.idle.popleft()
             waiter = self._place(slot, now, touch=False)
             if waiter is not None:
@@ -335,6 +368,7 @@ class PoolCore(Generic[C]):
         """A connection the caller holds (checked out or taken for a ping) is gone."""
         if self.leased.pop(slot.id, None) is None:
             self.maintaining -= 1
+        self.over_marks.pop(slot.id, None)
         self.size -= 1
         self.counters[S.CONNECTIONS_INVALIDATED] += 1
 
@@ -420,6 +454,8 @@ class PoolCore(Generic[C]):
             self.size -= 1
             self.counters[S.CONNECTIONS_INVALIDATED] += 1
             return None, True
+        if self._outlived(slot):
+            return None, True
         slot.validated_at = now
         return self._place(slot, now, touch=False), False
 
@@ -428,7 +464,7 @@ class PoolCore(Generic[C]):
     def take_for_probe(self) -> Slot[C] | None:
         """An idle connection for a health probe's ping, out of idle like one taken for a
         keepalive (``maintaining``: not a checkout). None while callers wait: they come first."""
-        if not self.idle or self.waiters:
+        if not self.idle or self.waiters or self.paused:
             return None
         slot = self.idle.pop() if self._lifo else self.idle.popleft()
         self.maintaining += 1
@@ -441,6 +477,8 @@ class PoolCore(Generic[C]):
             self.size -= 1
             self.counters[S.CONNECTIONS_INVALIDATED] += 1
             return None, True
+        if self._outlived(slot):
+            return None, True
         slot.validated_at = now
         return self._place(slot, now, touch=False), False
 
@@ -448,6 +486,8 @@ class PoolCore(Generic[C]):
         """Count one connect for a health probe as pending; else why not (full, breaker)."""
         if self.closed:
             return "pool closed"
+        if self.paused:
+            return "pool paused: nothing is opened until resume()"
         if self.size + self.pending >= self.config.max_size:
             return (
                 f"no idle connection to ping and no room for another "
@@ -475,6 +515,131 @@ class PoolCore(Generic[C]):
         err = self.errors.closed(f"pool {self.name} is closed")
         return self.drain_idle(), self._fail_waiters(lambda _: err)
 
+    # -- live operations (docs/operations.md) -----------------------------------------
+
+    def apply_config(self, config: PoolConfig) -> tuple[list[Slot[C]], bool]:
+        """Put a new config in force. Returns (idle connections to close now, whether the
+        connects in flight must be dropped on arrival).
+
+        A lowered ``max_size`` closes idle connections first (least recently
+        used first) down to it; if the pool is still above it, every checked-out
+        connection is marked, and the first ones to come back are closed until
+        the pool fits (:meth:`_retire_on_return`) -- a checkout is never cut
+        short. Connects in flight then would only add to the excess: the engine
+        drops them (its generation) and they count as ``stale_connects``. A new
+        lifetime is redrawn for every connection from its creation time.
+        """
+        old = self.config
+        self.config = config
+        self._lifo = config.reuse == "lifo"
+        if config.breaker != old.breaker:
+            self.breaker.apply(config.breaker)
+        if (config.max_lifetime, config.lifetime_jitter) != (old.max_lifetime, old.lifetime_jitter):
+            self._redraw_lifetimes()
+        close: list[Slot[C]] = []
+        drop = False
+        limit = config.max_size
+        if self.size > limit and self.idle:
+            excess = min(self.size - limit, len(self.idle))
+            close = [self.idle.popleft() for _ in range(excess)]  # the least recently used
+            self.size -= excess
+            self.counters[S.CONNECTIONS_RETIRED] += excess
+        if self.pending and self.size + self.pending > limit:
+            drop = True
+            self.stale_connects = self.pending
+        if self.size > limit:
+            for slot in self.leased.values():
+                if slot.id not in self.over_marks:
+                    self.over_marks[slot.id] = slot.expires_at
+                    slot.expires_at = MARKED
+        elif self.over_marks:
+            self._unmark_over()
+        return close, drop
+
+    def drain(self) -> list[Slot[C]]:
+        """Retire every connection open now: idle ones are returned to close at once, checked-out
+        ones close when they come back (never reused, not even by a waiter). Connections
+        opened from now on belong to the new epoch. The caller also drops connects in flight."""
+        self.epoch += 1
+        for slot in self.leased.values():
+            slot.expires_at = MARKED  # an over-max mark keeps its own end of life in over_marks
+        idle = self.drain_idle()
+        self.counters[S.CONNECTIONS_RETIRED] += len(idle)
+        return idle
+
+    def retire(self) -> list[Slot[C]]:
+        """A swapped-out pool: stop refilling; connections that come back serve the waiters
+        still queued here, or close. Returns the idle connections to close now."""
+        self.retiring = True
+        self.refill = False
+        for slot in self.leased.values():
+            slot.expires_at = MARKED
+        idle = self.drain_idle()
+        self.counters[S.CONNECTIONS_RETIRED] += len(idle)
+        return idle
+
+    @property
+    def retired(self) -> bool:
+        """A retiring pool that has nothing left: no connection, connect or waiter."""
+        return self.retiring and not self.size and not self.pending and not self.waiters
+
+    def pause(self) -> None:
+        """Checkouts queue (and time out as usual), nothing is opened; returns park idle."""
+        self.paused = True
+
+    def resume(self, now: float) -> list[Waiter[C]]:
+        """End a pause: idle connections go to the waiters in their order; the adapter wakes
+        them and plans connects for the rest."""
+        self.paused = False
+        served = []
+        while self.idle and self.waiters:
+            slot = self.idle.pop() if self._lifo else self.idle.popleft()
+            waiter = self._place(slot, now, touch=False)
+            if waiter is not None:
+                served.append(waiter)
+        return served
+
+    def _retire_on_return(self, slot: Slot[C]) -> bool:
+        """A marked connection came back usable: close it (True), or restore its lifetime."""
+        own = self.over_marks.pop(slot.id, None)
+        if slot.epoch != self.epoch or self.retiring:
+            return True
+        if own is None:
+            return False  # not ours to judge: its lifetime decides
+        if self.size > self.config.max_size:
+            return True
+        slot.expires_at = own
+        self._unmark_over()  # the pool fits again: the others keep their connections
+        return False
+
+    def _outlived(self, slot: Slot[C]) -> bool:
+        """A connection back from a keepalive or probe ping that must not idle: drained,
+        retiring, or above a lowered ``max_size``. Counted out of the pool if so."""
+        if slot.epoch == self.epoch and not self.retiring and self.size <= self.config.max_size:
+            return False
+        self.size -= 1
+        self.counters[S.CONNECTIONS_RETIRED] += 1
+        return True
+
+    def _unmark_over(self) -> None:
+        for sid, own in self.over_marks.items():
+            slot = self.leased.get(sid)
+            if slot is not None and slot.epoch == self.epoch and not self.retiring:
+                slot.expires_at = own
+        self.over_marks.clear()
+
+    def _redraw_lifetimes(self) -> None:
+        lifetime, jitter = self.config.max_lifetime, self.config.lifetime_jitter
+        for slot in [*self.idle, *self.leased.values()]:
+            if lifetime is None:
+                own = float("inf")
+            else:
+                own = slot.created_at + lifetime * (1.0 - jitter * self._rng.random())
+            if slot.expires_at != MARKED:
+                slot.expires_at = own
+            elif slot.id in self.over_marks:
+                self.over_marks[slot.id] = own
+
     # -- reporting --------------------------------------------------------------------
 
     def counter_snapshot(self) -> dict[str, int]:
@@ -489,6 +654,8 @@ class PoolCore(Generic[C]):
             f"waiting={len(self.waiters)} pending={self.pending} "
             f"min_size={self.config.min_size} max_size={self.config.max_size} "
             f"timeout={self.config.acquire_timeout:g}s breaker={self.breaker.state.value}"
+            + (" paused" if self.paused else "")
+            + (" retiring" if self.retiring else "")
         )
 
     def check_invariants(self) -> None:
@@ -497,9 +664,16 @@ class PoolCore(Generic[C]):
         assert self.pending >= 0, self.describe()
         assert self.maintaining >= 0, self.describe()
         assert self.size == len(self.idle) + len(self.leased) + self.maintaining, self.describe()
-        assert self.size + self.pending <= self.config.max_size, self.describe()
-        # idle connections and waiters coexist only inside a barge window
-        assert not (self.idle and self.waiters) or self.config.barge_window > 0, self.describe()
+        # above a lowered max_size only by what was out when it was lowered (docs/operations.md)
+        allowance = len(self.over_marks) + min(self.stale_connects, self.pending) + self.maintaining
+        assert self.size + self.pending <= self.config.max_size + allowance, self.describe()
+        assert self.size <= self.config.max_size or not self.idle, "idle above max_size: " + self.describe()
+        for sid in self.over_marks:
+            assert sid in self.leased, f"an over-max mark on #{sid}, which is not checked out"
+        # idle connections and waiters coexist only inside a barge window, or while paused
+        assert (
+            not (self.idle and self.waiters) or self.config.barge_window > 0 or self.paused
+        ), self.describe()
         ids = [s.id for s in self.idle]
         assert len(ids) == len(set(ids)), "a connection is idle twice"
         assert not set(ids) & set(self.leased), "a connection is both idle and checked out"
@@ -515,7 +689,7 @@ class PoolCore(Generic[C]):
         """Give a connection to the longest waiter, else park it idle."""
         if touch:
             slot.last_used = now
-        if self.waiters:
+        if self.waiters and not self.paused:
             waiter = self.waiters.popleft()
             self._lease(slot, now)
             self.counters[S.CHECKOUTS_WAITED] += 1

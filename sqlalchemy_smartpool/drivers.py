@@ -108,6 +108,78 @@ def install_url_templates(dialect: Any) -> bool:
     return True
 
 
+#: record.info key: (version, fetched now?) of the credentials a connect used (see live.CredentialSource)
+CREDENTIALS_USED = "smartpool_credentials_used"
+_SENTINEL_USER, _SENTINEL_PASSWORD = "smartpool-user-probe", "smartpool-password-probe"
+
+
+def credential_keys(dialect: Any) -> tuple[str, str]:
+    """How the dialect passes a URL's user and password to its driver (``passwd`` for mysqlclient)."""
+    from sqlalchemy.engine.url import URL
+
+    user_key, password_key = "user", "password"
+    try:
+        url = URL.create(
+            f"{dialect.name}+{dialect.driver}",
+            username=_SENTINEL_USER,
+            password=_SENTINEL_PASSWORD,
+            host="localhost",
+            database="db",
+        )
+        _, cparams = dialect.create_connect_args(url)
+    except Exception:  # an exotic dialect: the DB-API's usual names
+        return user_key, password_key
+    for key, value in dict(cparams).items():
+        if value == _SENTINEL_USER:
+            user_key = key
+        elif value == _SENTINEL_PASSWORD:
+            password_key = key
+    return user_key, password_key
+
+
+def install_credentials(dialect: Any) -> bool:
+    """Put the pool's ``credentials=`` into the driver's connect arguments at every connect.
+
+    A ``do_connect`` hook asks the pool that opens the connection (the
+    record's pool: the engine's current one, or a recreated / swapped one)
+    for its credentials and sets the user (when given) and the password. For
+    a pool without credentials on the same dialect the URL's own values are
+    put back (SQLAlchemy 2.0 hands every connect the same argument dict).
+    Installed once per dialect; the values never reach a log.
+    """
+    if not _first_time(dialect, "credentials"):
+        return False
+    user_key, password_key = credential_keys(dialect)
+    originals: dict[str, Any] = {}
+
+    def _credentials(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        pool = getattr(conn_rec, "_ConnectionRecord__pool", None)
+        fetch = getattr(pool, "_credentials_for_connect", None)
+        got = fetch() if fetch is not None else None
+        for key in (user_key, password_key):
+            if key not in originals:
+                originals[key] = cparams.get(key, _MISSING)
+        if got is None:
+            for key, value in originals.items():
+                if value is _MISSING:
+                    cparams.pop(key, None)
+                else:
+                    cparams[key] = value
+            return
+        creds, version, fresh = got
+        if conn_rec is not None:
+            conn_rec.info[CREDENTIALS_USED] = (version, fresh)
+        if creds.user is not None:
+            cparams[user_key] = creds.user
+        cparams[password_key] = creds.password
+
+    event.listen(dialect, "do_connect", _credentials)
+    return True
+
+
+_MISSING: Any = object()
+
+
 def ping_opens_transaction(dialect: Any) -> bool:
     """Does the dialect's ping (``SELECT 1``) leave a transaction open?
 

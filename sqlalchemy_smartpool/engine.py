@@ -31,10 +31,10 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
-from . import leaks
+from . import leaks, live
 from . import stats as S
 from .backoff import Backoff
 from .config import PoolConfig
@@ -181,7 +181,9 @@ class PoolEngine(Generic[C]):
         self._timeout = config.acquire_timeout
         self._leak_threshold = config.leak_detection_threshold
         self._barging = config.barge_window > 0
-        self._serve_armed = False
+        self._serve_armed = self.__dict__.get("_serve_armed", False)  # a live change keeps an armed timer
+        if config.track_wait_times != (self._waits is not None):
+            self._waits = S.WaitSampler() if config.track_wait_times else None
 
     # ------------------------------------------------------------------ checkout
 
@@ -732,6 +734,179 @@ class PoolEngine(Generic[C]):
             self._ensure_started()
         return len(idle)
 
+    # ------------------------------------------------- live operations (docs/operations.md)
+
+    #: called from every housekeeping tick after the housekeeping (settings watch, retiring)
+    _tick_hooks: tuple[Callable[[], None], ...] = ()
+
+    def reconfigure(
+        self, changes: Mapping[str, Any], *, source: str = "reconfigure"
+    ) -> dict[str, tuple[Any, Any]]:
+        """Put ``changes`` (PoolConfig fields, ``breaker_<field>``) in force at once; returns what
+        changed as ``{field: (old, new)}``.
+
+        Validated as a whole against the config in force, under the engine's
+        lock: an invalid change (or one of :data:`~.live.NOT_LIVE`) raises
+        :class:`~.errors.ConfigError` naming field, value and ``source``, and
+        nothing changes. Sizes: a lowered ``max_size`` closes idle connections
+        first, then the first checked-out ones to come back until the pool fits
+        (a checkout is never cut short); a raised ``min_size`` is refilled in the
+        background (once the pool has connected), a raised ``max_size`` serves
+        the waiters. Timeouts apply to checkouts that start from now; lifetimes
+        are redrawn for every connection from its creation; breaker and retry
+        settings decide the next connect. Audit-logged (``config_changed``).
+        """
+        now = self._clock()
+        with self._lock:
+            old = self.config
+            new = live.replace_config(old, changes, source)
+            diff = live.config_diff(old, new)
+            live.check_live(diff, source)
+            if not diff:
+                return {}
+            if self.core.closed:
+                raise self.errors.closed(f"pool {self.name} is closed")
+            close, drop = self.core.apply_config(new)
+            if drop:
+                self._generation += 1  # connects in flight would only add to the excess
+            self._apply(new)
+            served = self.core.serve_waiters(now)
+            connects = self.core.plan_connects(now)
+        rt = self._rt
+        if rt is not None and "max_concurrent_connects" in diff:
+            resize = getattr(rt, "set_max_workers", None)
+            if resize is not None:
+                resize(new.max_concurrent_connects + 2)
+        for slot in close:
+            self._close_soon(slot.conn)
+        for waiter in served:
+            waiter.wake()
+        if connects:
+            self._spawn_connects(connects)
+        if rt is not None and rt.alive:
+            self._housekeep()  # a shorter lifetime or idle_timeout takes effect now, not at the next tick
+        live.audit_changes(self.name, diff, source)
+        return diff
+
+    def drain(self, *, event: str = live.DRAINED, source: str = "drain()") -> int:
+        """Retire every connection open now, so that new ones are opened fresh.
+
+        Idle connections are closed now, checked-out ones when they come back
+        (never handed out again), connects in flight are dropped on arrival;
+        the waiters and ``min_size`` are served by new connections. Returns how
+        many were closed now. Audit-logged (``event``).
+        """
+        now = self._clock()
+        with self._lock:
+            if self.core.closed:
+                return 0
+            self._generation += 1
+            idle = self.core.drain()
+            in_use = self.core.in_use
+            connects = self.core.plan_connects(now)
+        for slot in idle:
+            self._close_soon(slot.conn)
+        if connects:
+            self._spawn_connects(connects)
+        live.audit(
+            self.name,
+            event,
+            f"pool {self.name}: {source}: {len(idle)} idle connections closed, "
+            f"{in_use} checked out close when returned",
+            closed_now=len(idle),
+            close_on_return=in_use,
+            source=source,
+        )
+        return len(idle)
+
+    def retire(self) -> None:
+        """Wind down a pool nobody checks out from any more (``swap_pool``).
+
+        Idle connections close now; each one that comes back serves a caller
+        still queued here, or closes; nothing is refilled. Once nothing is out,
+        the pool closes for good (checked at each housekeeping tick).
+        """
+        with self._lock:
+            idle = self.core.retire()
+            done = self.core.retired
+        for slot in idle:
+            self._close_soon(slot.conn)
+        if done:
+            self._retired()
+            return
+        self.add_tick_hook(self._retire_tick)
+        rt = self._rt
+        if rt is None or not rt.alive:
+            self._ensure_started()
+
+    def _retire_tick(self) -> None:
+        with self._lock:
+            idle = self.core.drain_idle()  # a connect that finished for a waiter that gave up
+            self.core.counters[S.CONNECTIONS_RETIRED] += len(idle)
+            done = self.core.retired
+        for slot in idle:
+            self._close_soon(slot.conn)
+        if done:
+            self._retired()
+
+    def _retired(self) -> None:
+        self.remove_tick_hook(self._retire_tick)
+        self.close()
+        live.audit(self.name, live.POOL_RETIRED, f"pool {self.name}: retired, every connection closed")
+
+    def pause(self) -> None:
+        """Hold every checkout (each waits within its ``acquire_timeout``) and open nothing.
+
+        Checked-out connections are used and returned as usual; returned ones
+        stay idle. For a maintenance window shorter than the timeout: callers
+        wait instead of failing. Audit-logged (``paused``).
+        """
+        with self._lock:
+            if self.core.paused:
+                return
+            self.core.pause()
+        live.audit(self.name, live.PAUSED, f"pool {self.name}: paused; checkouts wait")
+
+    def resume(self) -> None:
+        """End :meth:`pause`: the waiters are served in their order, by idle connections first."""
+        now = self._clock()
+        with self._lock:
+            if not self.core.paused:
+                return
+            served = self.core.resume(now)
+            waiting = len(self.core.waiters)
+            connects = self.core.plan_connects(now)
+        for waiter in served:
+            waiter.wake()
+        if connects:
+            self._spawn_connects(connects)
+        live.audit(
+            self.name,
+            live.RESUMED,
+            f"pool {self.name}: resumed; {len(served)} waiters served, {waiting} wait for a connection",
+            served=len(served),
+        )
+
+    @property
+    def paused(self) -> bool:
+        return self.core.paused
+
+    def add_tick_hook(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at every housekeeping tick (timer thread or event loop: keep it short)."""
+        with self._lock:
+            self._tick_hooks = (*self._tick_hooks, fn)
+
+    def remove_tick_hook(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            self._tick_hooks = tuple(h for h in self._tick_hooks if h != fn)
+
+    def _run_tick_hooks(self) -> None:
+        for fn in self._tick_hooks:
+            try:
+                fn()
+            except Exception:  # one hook's bug must not stop the housekeeping
+                logger.exception("pool %s: tick hook failed", self.name)
+
     def close(self) -> None:
         """Close for good: fail waiters, close idle connections, stop background work.
 
@@ -1013,6 +1188,8 @@ def _tick(ref: weakref.ref[PoolEngine[Any]]) -> None:
         return
     try:
         engine._housekeep()
+        if engine._tick_hooks:
+            engine._run_tick_hooks()
     finally:
         engine._schedule_tick()
 

@@ -26,6 +26,7 @@ from sqlalchemy.engine.url import URL, make_url
 from . import drivers, urltemplate
 from .config import ENV_PREFIX, POOL_KEYWORDS, SA_POOL_ARGUMENTS, URL_PREFIX, from_pool_arguments
 from .errors import SecretError
+from .live import Layers
 from .pool import AsyncSmartPool, SmartPool
 from .urlcrypt import ENV_URL_ENCRYPTED, decrypt_url
 
@@ -61,15 +62,16 @@ class SmartPoolPlugin(CreateEnginePlugin):
         given = {k: pool_args.pop(k) for k in POOL_KEYWORDS if k in pool_args}
         sa_given = {k: pool_args.pop(k) for k in SA_POOL_ARGUMENTS if k in pool_args}
         dialect = pool_args.get("dialect")
+        base = pool_args.pop("pool_config", None)
+        backend = getattr(dialect, "name", None)
         pool_args["pool_config"] = from_pool_arguments(
-            pool_args.pop("pool_config", None),
-            given,
-            sa_given,
-            environ=self._environ,
-            url_query=self._query,
-            backend=getattr(dialect, "name", None),
+            base, given, sa_given, environ=self._environ, url_query=self._query, backend=backend
         )
         pool_args["environ"] = {}  # merged here, with the URL on top: the pool must not re-read it
+        # what it was merged from, for a settings reload (live.watch_settings) to merge the same way
+        pool_args["_layers"] = Layers.of(
+            base, given, sa_given, environ=self._environ, url_query=self._query, backend=backend
+        )
 
     def engine_created(self, engine: Engine) -> None:
         # for any pool class: SmartPool installs the same hook itself (once per dialect)

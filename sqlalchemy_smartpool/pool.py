@@ -21,12 +21,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnDialect, _ConnectionRecord
 
-from . import drivers, leaks
+from . import drivers, leaks, live
 from . import stats as S
 from .config import PoolConfig, from_pool_arguments
 from .core import PoolCore
 from .engine import SLOT_ATTR, PoolEngine, Runtime
-from .errors import describe_error
+from .errors import ConfigError, describe_error
 from .health import HealthChecker, checker_for
 from .sa_errors import SQLALCHEMY_ERRORS
 from .sched import Housekeeper
@@ -47,7 +47,25 @@ class _RecordBackend:
         self._ping_opens_transaction = drivers.ping_opens_transaction(pool._dialect)
 
     def open(self) -> _ConnectionRecord:
-        return _ConnectionRecord(self._pool)
+        source = self._pool._credentials
+        if source is None:
+            return _ConnectionRecord(self._pool)
+        for attempt in (1, 2):
+            record = _ConnectionRecord(self._pool, connect=False)
+            try:
+                record.get_connection()
+                return record
+            except Exception as err:
+                used = record.info.get(drivers.CREDENTIALS_USED)
+                if attempt == 2 or used is None or not self.is_permanent(err) or not source.refused(*used):
+                    raise
+                # a cached password the server no longer takes (rotated): once with a fresh one
+                logger.info(
+                    "pool %s: connect refused with cached credentials (%s); retrying with fresh ones",
+                    self._pool._pool_name,
+                    describe_error(err),
+                )
+        raise AssertionError("unreachable")
 
     def close(self, conn: _ConnectionRecord, reason: BaseException | None = None) -> None:
         if reason is not None:  # fires SQLAlchemy's invalidate event, as its pre-ping does
@@ -191,6 +209,9 @@ class SmartPool(Pool):
         _dispatch: Any = None,
         clock: Callable[[], float] | None = None,
         environ: Mapping[str, str] | None = None,
+        credentials: Any = None,
+        credentials_ttl: Any = _UNSET,
+        _layers: live.Layers | None = None,
     ) -> None:
         given = {
             k: v
@@ -209,13 +230,14 @@ class SmartPool(Pool):
         }
         sa_given = {k: v for k, v in sa_given.items() if v is not _UNSET}
         real_dialect = dialect is not None and not isinstance(dialect, _ConnDialect)
-        self._config = from_pool_arguments(
-            pool_config,
-            given,
-            sa_given,
-            environ=os.environ if environ is None else environ,
-            backend=getattr(dialect, "name", None) if real_dialect else None,
-        )
+        env = os.environ if environ is None else environ
+        backend = getattr(dialect, "name", None) if real_dialect else None
+        self._config = from_pool_arguments(pool_config, given, sa_given, environ=env, backend=backend)
+        #: what the config was merged from: a settings reload merges the same way (live.watch_settings)
+        self._layers = _layers or live.Layers.of(pool_config, given, sa_given, environ=env, backend=backend)
+        self._layered = self._config
+        self._settings_watch: live.SettingsWatch | None = None
+        self._credentials = self._credential_source(credentials, credentials_ttl)
         Pool.__init__(
             self,
             creator,
@@ -239,6 +261,8 @@ class SmartPool(Pool):
             drivers.install_url_templates(self._dialect)
         if real_dialect and self._config.leak_detection_threshold is not None:
             drivers.install_statement_hook(self._dialect, _note_statement)
+        if real_dialect and self._credentials is not None:
+            drivers.install_credentials(self._dialect)
         # recreate() copies the old pool's listeners (``_dispatch``): add it once
         if drivers.needs_after_connect(self._dialect) and not event.contains(
             self, "connect", drivers.after_connect
@@ -270,6 +294,28 @@ class SmartPool(Pool):
 
     def _runtime(self, name: str, workers: int) -> Runtime:
         return Housekeeper(name, workers=workers, clock=self._clock)
+
+    def _credential_source(self, credentials: Any, ttl: Any) -> live.CredentialSource | None:
+        if isinstance(credentials, live.CredentialSource):  # recreate(): the same cache
+            return credentials
+        if credentials is None:
+            if ttl is not _UNSET:
+                raise ConfigError("credentials_ttl", ttl, "needs credentials=", source="keyword")
+            return None
+        source = live.CredentialSource(credentials, live.DEFAULT_CREDENTIALS_TTL if ttl is _UNSET else ttl)
+        if source.is_async and not self._is_asyncio:
+            raise ConfigError(
+                "credentials",
+                f"<{type(credentials).__name__}>",
+                "is an async callable: it needs AsyncSmartPool (create_async_engine)",
+                source="keyword",
+            )
+        return source
+
+    def _credentials_for_connect(self) -> tuple[live.Credentials, int, bool] | None:
+        """The credentials for the connection being opened (the dialect's do_connect hook)."""
+        source = self._credentials
+        return None if source is None else source.get()
 
     # ------------------------------------------------------------------ public API
 
@@ -323,6 +369,60 @@ class SmartPool(Pool):
         """
         self._engine.close()
 
+    # ------------------------------------------------ live operations (docs/operations.md)
+
+    def reconfigure(self, **changes: Any) -> dict[str, tuple[Any, Any]]:
+        """Change settings while the pool runs; returns ``{field: (old, new)}`` of what changed.
+
+        Any :class:`PoolConfig` field (``breaker_<field>`` for the breaker's)
+        except ``name`` and ``connect_timeout``. Validated as a whole: an
+        invalid change raises :class:`~.errors.ConfigError` (source
+        ``reconfigure``) and changes nothing. In force at once; a lowered
+        ``max_size`` never cuts a checkout short. Audit-logged.
+        """
+        return self._apply_changes(changes, "reconfigure")
+
+    def resize(self, min_size: int | None = None, max_size: int | None = None) -> dict[str, tuple[Any, Any]]:
+        """``reconfigure(min_size=..., max_size=...)``; None leaves that limit as it is."""
+        changes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
+        return self._apply_changes(changes, "resize")
+
+    def drain(self) -> int:
+        """Replace every connection: idle ones close now, checked-out ones when they come back,
+        new ones are opened fresh. Returns how many closed now."""
+        return self._engine.drain(source="drain()")
+
+    def rotate_credentials(self) -> int:
+        """New credentials for every connection: the ``credentials=`` cache is forgotten, then
+        :meth:`drain` (also without ``credentials=``: ``{file:}`` URLs are read at each connect)."""
+        if self._credentials is not None:
+            self._credentials.invalidate()
+        return self._engine.drain(event=live.CREDENTIALS_ROTATED, source="rotate_credentials()")
+
+    def pause(self) -> None:
+        """Hold checkouts (each waits within ``acquire_timeout``) and open nothing, until :meth:`resume`."""
+        self._engine.pause()
+
+    def resume(self) -> None:
+        """End :meth:`pause`; the waiters are served in their order."""
+        self._engine.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._engine.paused
+
+    def _apply_changes(self, changes: Mapping[str, Any], source: str) -> dict[str, tuple[Any, Any]]:
+        """The one path of every live change (reconfigure, resize, a settings reload)."""
+        diff = self._engine.reconfigure(changes, source=source)
+        self._config = self._engine.config
+        if (
+            self._config.leak_detection_threshold is not None
+            and self._dialect is not None
+            and not isinstance(self._dialect, _ConnDialect)
+        ):
+            drivers.install_statement_hook(self._dialect, _note_statement)  # once per dialect
+        return diff
+
     # ---------------------------------------------------- sqlalchemy.pool.Pool API
 
     def status(self) -> str:
@@ -351,9 +451,14 @@ class SmartPool(Pool):
 
     def recreate(self) -> SmartPool:
         self.logger.info("Pool recreating")
-        return self.__class__(
+        return self._recreate_with(self._config)
+
+    def _recreate_with(self, config: PoolConfig) -> SmartPool:
+        """A new pool of this kind with ``config`` (``recreate()``, ``swap_pool``): same creator,
+        listeners, dialect, credentials and layers; a settings watch moves over."""
+        new = self.__class__(
             self._creator,
-            pool_config=self._config,
+            pool_config=config,
             echo=self.echo,
             logging_name=self._orig_logging_name,
             reset_on_return=self._reset_on_return,
@@ -361,7 +466,12 @@ class SmartPool(Pool):
             dialect=self._dialect,
             clock=self._clock if self._clock is not time.monotonic else None,
             environ={},  # the config already holds the file's, environment's and URL's settings
+            credentials=self._credentials,
+            _layers=self._layers,
         )
+        if self._settings_watch is not None:
+            self._settings_watch.attach(new)
+        return new
 
     def _do_get(self) -> _ConnectionRecord:  # replaced per instance by the engine's checkout
         return self._engine.checkout()
@@ -422,6 +532,37 @@ class AsyncSmartPool(SmartPool):
         from .greenlets import loop_runtime
 
         return loop_runtime(name, self._clock)
+
+    def _credentials_for_connect(self) -> tuple[live.Credentials, int, bool] | None:
+        """As SmartPool's; an async callable is awaited in the connect's greenlet."""
+        from .greenlets import await_
+
+        source = self._credentials
+        return None if source is None else source.get(await_)
+
+    async def reconfigure(self, **changes: Any) -> dict[str, tuple[Any, Any]]:  # type: ignore[override]
+        """:meth:`SmartPool.reconfigure`, awaited (connections it closes close on the loop)."""
+        from .greenlets import spawn
+
+        return await spawn(self._apply_changes, changes, "reconfigure")  # type: ignore[no-any-return]
+
+    async def resize(  # type: ignore[override]
+        self, min_size: int | None = None, max_size: int | None = None
+    ) -> dict[str, tuple[Any, Any]]:
+        from .greenlets import spawn
+
+        changes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
+        return await spawn(self._apply_changes, changes, "resize")  # type: ignore[no-any-return]
+
+    async def drain(self) -> int:  # type: ignore[override]
+        from .greenlets import spawn
+
+        return await spawn(SmartPool.drain, self)  # type: ignore[no-any-return]
+
+    async def rotate_credentials(self) -> int:  # type: ignore[override]
+        from .greenlets import spawn
+
+        return await spawn(SmartPool.rotate_credentials, self)  # type: ignore[no-any-return]
 
     def _checkout_on_loop(self) -> _ConnectionRecord:
         record: _ConnectionRecord = checkout_on_loop(self._engine)

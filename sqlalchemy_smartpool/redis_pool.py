@@ -34,7 +34,7 @@ from redis import exceptions as redis_exc
 from redis._parsers import Encoder
 from redis.credentials import CredentialProvider
 
-from . import leaks, urltemplate
+from . import leaks, live, urltemplate
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
 from .engine import SLOT_ATTR, Pending, PoolEngine, Runtime
@@ -71,6 +71,16 @@ def split_kwargs(
     url_query: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> tuple[PoolConfig, dict[str, Any]]:
+    config, rest, _ = _split_kwargs(kwargs, url_query=url_query, environ=environ)
+    return config, rest
+
+
+def _split_kwargs(
+    kwargs: Mapping[str, Any],
+    *,
+    url_query: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[PoolConfig, dict[str, Any], live.Layers]:
     """Separate pool settings from connection kwargs; returns (config, connection kwargs).
 
     Pool settings: every :class:`PoolConfig` field (``breaker_<field>`` too) and
@@ -119,13 +129,14 @@ def split_kwargs(
             source="keyword",
         )
     config = from_pool_arguments(base, given, {}, url_query=url_query, environ=environ, backend="redis")
+    layers = live.Layers.of(base, given, {}, environ=environ, url_query=url_query, backend="redis")
     if (
         config.connect_timeout is not None
         and rest.get("socket_connect_timeout") is None
         and rest.get("socket_timeout") is None
     ):
         rest["socket_connect_timeout"] = config.connect_timeout  # an unreachable host cannot hang a connect
-    return config, rest
+    return config, rest, layers
 
 
 def _url_kwargs(url: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -170,6 +181,88 @@ class TemplatedCredentials(CredentialProvider):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
+
+
+class PoolCredentials(CredentialProvider):
+    """redis-py's credential provider over a ``credentials=`` callable (:class:`~.live.CredentialSource`).
+
+    redis-py asks it at every AUTH (each new connection, and each reconnect it
+    makes on its own); the source's cache spares the callable most of those.
+    ``user``: the user name when the callable gives only a password or token.
+    Each connection gets a :class:`_BoundCredentials` that remembers which
+    value it used, so a refused cached password is retried fresh once.
+    """
+
+    def __init__(self, source: live.CredentialSource, user: str | None = None) -> None:
+        self.source = source
+        self.user = user
+
+    def _pair(self, creds: live.Credentials) -> tuple[str] | tuple[str, str]:
+        user = creds.user or self.user
+        return (user, creds.password) if user else (creds.password,)
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        return self._pair(self.source.get()[0])
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self._pair((await self.source.aget())[0])
+
+    def bound(self) -> _BoundCredentials:
+        return _BoundCredentials(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+class _BoundCredentials(CredentialProvider):
+    """One connection's view of :class:`PoolCredentials`: notes the version it used."""
+
+    def __init__(self, pool_credentials: PoolCredentials) -> None:
+        self.pool_credentials = pool_credentials
+        self.used: tuple[int, bool] | None = None
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        creds, version, fresh = self.pool_credentials.source.get()
+        self.used = (version, fresh)
+        return self.pool_credentials._pair(creds)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        creds, version, fresh = await self.pool_credentials.source.aget()
+        self.used = (version, fresh)
+        return self.pool_credentials._pair(creds)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def _with_credentials(
+    conn_kwargs: dict[str, Any], credentials: Any, ttl: Any, is_async: bool
+) -> dict[str, Any]:
+    """``credentials=`` (a callable) as the connections' credential provider."""
+    if credentials is None:
+        if ttl is not _UNSET:
+            raise ConfigError("credentials_ttl", ttl, "needs credentials=", source="keyword")
+        return conn_kwargs
+    for key in ("credential_provider", "password"):
+        if conn_kwargs.get(key) is not None:
+            raise ConfigError(
+                "credentials",
+                f"<{type(credentials).__name__}>",
+                f"give either credentials= or {key}=, not both",
+                source="keyword",
+            )
+    source = live.CredentialSource(credentials, live.DEFAULT_CREDENTIALS_TTL if ttl is _UNSET else ttl)
+    if source.is_async and not is_async:
+        raise ConfigError(
+            "credentials",
+            f"<{type(credentials).__name__}>",
+            "is an async callable: it needs AsyncSmartRedisPool",
+            source="keyword",
+        )
+    out = dict(conn_kwargs)
+    out.pop("password", None)
+    out["credential_provider"] = PoolCredentials(source, out.pop("username", None))
+    return out
 
 
 def _templated(conn_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -248,7 +341,23 @@ class _SyncBackend:
         return bool(conn.can_read())
 
     def open(self) -> Any:
-        kwargs = self._kwargs
+        provider = self._kwargs.get("credential_provider")
+        if not isinstance(provider, PoolCredentials):
+            return self._open(self._kwargs)
+        for attempt in (1, 2):
+            bound = provider.bound()
+            try:
+                return self._open({**self._kwargs, "credential_provider": bound})
+            except Exception as err:
+                used = bound.used
+                if attempt == 2 or used is None or not _is_permanent(err):
+                    raise
+                if not provider.source.refused(*used):
+                    raise
+                # a cached password the server no longer takes (rotated): once more with a fresh one
+        raise AssertionError("unreachable")
+
+    def _open(self, kwargs: dict[str, Any]) -> Any:
         if urltemplate.templated_keys(kwargs):  # {env:}/{file:} in host, db, ...: read at each connect
             kwargs = urltemplate.resolve_kwargs(kwargs, where="redis connection argument {key}")
         conn = self._cls(**kwargs)
@@ -348,12 +457,21 @@ class _PoolBase:
     pool_kind = "redis"
     _backend_class: type[_SyncBackend] = _SyncBackend
     _await_: Callable[[Any], Any] = staticmethod(_identity)
+    _is_asyncio = False
 
     def __init__(self, connection_class: Any, **kwargs: Any) -> None:
         url_query = kwargs.pop("_url_query", None)
         environ = kwargs.pop("environ", None)
+        layers = kwargs.pop("_layers", None)
+        credentials = kwargs.pop("credentials", None)
+        credentials_ttl = kwargs.pop("credentials_ttl", _UNSET)
         environ = os.environ if environ is None else environ
-        config, conn_kwargs = split_kwargs(kwargs, url_query=url_query, environ=environ)
+        config, conn_kwargs, built_from = _split_kwargs(kwargs, url_query=url_query, environ=environ)
+        #: what the config was merged from: a settings reload merges the same way (live.watch_settings)
+        self._layers: live.Layers = layers or built_from
+        self._layered = config
+        self._settings_watch: live.SettingsWatch | None = None
+        conn_kwargs = _with_credentials(conn_kwargs, credentials, credentials_ttl, self._is_asyncio)
         conn_kwargs = _templated(conn_kwargs)
         if conn_kwargs.get("himport_registry") is None:
             registry_cls = _himport_registry()
@@ -404,6 +522,8 @@ class _PoolBase:
         try:
             if self.pid != os.getpid():
                 self._engine = self._new_engine()
+                if self._settings_watch is not None:
+                    self._settings_watch.attach(self)
                 self.pid = os.getpid()  # last: other threads of the child wait on the lock till now
         finally:
             lock.release()
@@ -503,6 +623,49 @@ class _PoolBase:
         """Open connections (idle + in use)."""
         return self._engine.core.size
 
+    # -- live operations (docs/operations.md); the asyncio pool awaits the closing ones ---
+
+    def pause(self) -> None:
+        """Hold checkouts (each waits within ``acquire_timeout``) and open nothing, until :meth:`resume`."""
+        self._checkpid()
+        self._engine.pause()
+
+    def resume(self) -> None:
+        """End :meth:`pause`; the waiters are served in their order."""
+        self._checkpid()
+        self._engine.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._engine.paused
+
+    def _apply_changes(self, changes: Mapping[str, Any], source: str) -> dict[str, tuple[Any, Any]]:
+        """The one path of every live change (reconfigure, resize, a settings reload)."""
+        self._checkpid()
+        diff = self._engine.reconfigure(changes, source=source)
+        self._config = self._engine.config
+        return diff
+
+    def _drain(self) -> int:
+        self._checkpid()
+        return self._engine.drain(source="drain()")
+
+    def _rotate(self) -> int:
+        self._checkpid()
+        provider = self._connection_kwargs.get("credential_provider")
+        if isinstance(provider, PoolCredentials):
+            provider.source.invalidate()
+        return self._engine.drain(event=live.CREDENTIALS_ROTATED, source="rotate_credentials()")
+
+    def _recreate_with(self, config: PoolConfig) -> Any:
+        """A new pool of this kind with ``config`` (``swap_pool``): same connection class and
+        arguments (its credential provider too) and layers; a settings watch moves over."""
+        new = type(self)(self.connection_class, **self._connection_kwargs, pool_config=config, environ={},
+                         _layers=self._layers)  # fmt: skip
+        if self._settings_watch is not None:
+            self._settings_watch.attach(new)
+        return new
+
     def _health_checker(self) -> HealthChecker:
         spawn = getattr(self, "_spawn", None)  # the asyncio pool's greenlet bridge
         return checker_for(self, lambda: self._engine, pool_kind=self.pool_kind, spawn=spawn)
@@ -586,11 +749,31 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
             self._checkpid()
             return
         old, self._engine = self._engine, self._new_engine()
+        if self._settings_watch is not None:
+            self._settings_watch.attach(self)
         old.close()
 
     def re_auth_callback(self, token: Any) -> None:
         """New credentials: every connection re-authenticates when next used."""
         self._re_auth(token)
+
+    def reconfigure(self, **changes: Any) -> dict[str, tuple[Any, Any]]:
+        """Change settings while the pool runs (as :meth:`SmartPool.reconfigure`); returns what changed."""
+        return self._apply_changes(changes, "reconfigure")
+
+    def resize(self, min_size: int | None = None, max_size: int | None = None) -> dict[str, tuple[Any, Any]]:
+        """``reconfigure(min_size=..., max_size=...)``; None leaves that limit as it is."""
+        changes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
+        return self._apply_changes(changes, "resize")
+
+    def drain(self) -> int:
+        """Replace every connection: idle ones close now, those in use when released, new ones
+        are opened fresh. Returns how many closed now."""
+        return self._drain()
+
+    def rotate_credentials(self) -> int:
+        """Forget the ``credentials=`` cache (if any), then :meth:`drain`."""
+        return self._rotate()
 
     def wait(self, timeout: float = 30.0) -> None:
         """Start the pool and block until ``min_size`` connections are open (prewarm)."""
@@ -674,6 +857,7 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
     """
 
     _backend_class = _AsyncBackend
+    _is_asyncio = True
 
     def __init__(self, connection_class: Any = redis.asyncio.Connection, **kwargs: Any) -> None:
         from . import greenlets
@@ -742,10 +926,30 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
             self._checkpid()
             return
         old, self._engine = self._engine, self._new_engine()
+        if self._settings_watch is not None:
+            self._settings_watch.attach(self)
         old._stop_runtime()
 
     async def re_auth_callback(self, token: Any) -> None:
         self._re_auth(token)
+
+    async def reconfigure(self, **changes: Any) -> dict[str, tuple[Any, Any]]:
+        """:meth:`SmartRedisPool.reconfigure`, awaited (connections it closes close on the loop)."""
+        return await self._spawn(self._apply_changes, changes, "reconfigure")  # type: ignore[no-any-return]
+
+    async def resize(
+        self, min_size: int | None = None, max_size: int | None = None
+    ) -> dict[str, tuple[Any, Any]]:
+        changes = {k: v for k, v in (("min_size", min_size), ("max_size", max_size)) if v is not None}
+        return await self._spawn(self._apply_changes, changes, "resize")  # type: ignore[no-any-return]
+
+    async def drain(self) -> int:
+        """:meth:`SmartRedisPool.drain`, awaited."""
+        return await self._spawn(self._drain)  # type: ignore[no-any-return]
+
+    async def rotate_credentials(self) -> int:
+        """:meth:`SmartRedisPool.rotate_credentials`, awaited."""
+        return await self._spawn(self._rotate)  # type: ignore[no-any-return]
 
     async def wait(self, timeout: float = 30.0) -> None:
         """Start the pool and wait until ``min_size`` connections are open (prewarm)."""

@@ -188,6 +188,12 @@ class Housekeeper:
             except Exception:
                 logger.exception("pool %s: background job failed", self.name)
 
+    def set_max_workers(self, workers: int) -> None:
+        """A new cap on worker threads (live reconfiguration of ``max_concurrent_connects``);
+        extra workers start as jobs queue, surplus ones exit when idle."""
+        with self._cond:
+            self._max_workers = max(1, workers)
+
     # -- waiting ----------------------------------------------------------------------
 
     def new_waiter(self, since: float) -> ThreadWaiter:

@@ -39,6 +39,8 @@ LEAKS_SUSPECTED = "leaks_suspected"
 LEAKS_RETURNED = "leaks_returned"
 LEAKS_COLLECTED = "leaks_collected"
 BREAKER_OPENED = "breaker_opened"
+#: closed by drain(), rotate_credentials(), a lowered max_size or a swapped-out pool (docs/operations.md)
+CONNECTIONS_RETIRED = "connections_retired"
 
 COUNTERS: tuple[str, ...] = (
     CHECKOUTS,
@@ -60,6 +62,7 @@ COUNTERS: tuple[str, ...] = (
     LEAKS_RETURNED,
     LEAKS_COLLECTED,
     BREAKER_OPENED,
+    CONNECTIONS_RETIRED,
 )
 
 

@@ -49,6 +49,7 @@ COUNTER_HELP: dict[str, str] = {
     S.LEAKS_RETURNED: "Suspected leaks that were returned later.",
     S.LEAKS_COLLECTED: "Leaked connections reclaimed by the garbage collector.",
     S.BREAKER_OPENED: "Times the circuit breaker opened.",
+    S.CONNECTIONS_RETIRED: "Connections closed by drain, credential rotation, lower max_size or a pool swap.",
 }
 
 _QUANTILES = ("0.5", "0.95", "0.99")
