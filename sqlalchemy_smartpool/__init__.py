@@ -61,8 +61,8 @@ __all__ = [
     "__version__",
     "decrypt_url",
     "encrypt_url",
-    "smartpool_url",
     "install_sighup_reload",
+    "smartpool_url",
     "swap_pool",
     "watch_settings",
 ]
