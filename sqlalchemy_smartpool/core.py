@@ -607,6 +607,8 @@ class PoolCore(Generic[C]):
         if own is None:
             return False  # not ours to judge: its lifetime decides
         if self.size > self.config.max_size:
+            if self.size - 1 <= self.config.max_size:
+                self._unmark_over()  # this close makes it fit: the others keep theirs
             return True
         slot.expires_at = own
         self._unmark_over()  # the pool fits again: the others keep their connections

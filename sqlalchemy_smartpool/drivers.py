@@ -149,7 +149,12 @@ def install_credentials(dialect: Any) -> bool:
     """
     if not _first_time(dialect, "credentials"):
         return False
-    user_key, password_key = credential_keys(dialect)
+    event.listen(dialect, "do_connect", credentials_hook(*credential_keys(dialect)))
+    return True
+
+
+def credentials_hook(user_key: str, password_key: str) -> Callable[[Any, Any, Any, dict[str, Any]], None]:
+    """The ``do_connect`` listener of :func:`install_credentials` for one dialect's argument names."""
     originals: dict[str, Any] = {}
 
     def _credentials(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
@@ -173,8 +178,7 @@ def install_credentials(dialect: Any) -> bool:
             cparams[user_key] = creds.user
         cparams[password_key] = creds.password
 
-    event.listen(dialect, "do_connect", _credentials)
-    return True
+    return _credentials
 
 
 _MISSING: Any = object()
