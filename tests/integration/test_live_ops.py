@@ -614,11 +614,11 @@ def test_credentials_never_show_in_logs_reprs_errors_stats_or_health(
         seen.append(secret["password"])
         pool.rotate_credentials()
         pool.reconfigure(acquire_timeout=2.0)
-        with pytest.raises(sa.exc.OperationalError) as info:
-            with engine.connect() as conn:
-                conn.exec_driver_sql("SELECT 1")
+        with pytest.raises(sa.exc.OperationalError) as info, engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        health = str(pool.health_check(timeout=1.0, cache_for=0))
         texts = [caplog.text, repr(pool), pool.status(), str(pool.stats()), repr(pool._credentials),
-                 str(info.value), repr(info.value), str(pool.health_check(timeout=1.0, cache_for=0))]  # fmt: skip
+                 str(info.value), repr(info.value), health]  # fmt: skip
         for text in texts:
             for value in seen:
                 assert value not in text
