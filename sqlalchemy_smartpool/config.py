@@ -44,6 +44,7 @@ ENV_NON_SETTINGS: frozenset[str] = frozenset(
         "SMARTPOOL_URL_KEY",  # urlcrypt: its key(s)
         "SMARTPOOL_URL_KEY_FILE",
         "SMARTPOOL_CHAOS_SEED",  # tests/integration/test_chaos.py
+        "SMARTPOOL_LIVE_SEED",  # tests/integration/test_live_ops.py
         "SMARTPOOL_SUITE_MIN_SIZE",  # tests/sqlalchemy_suite
         "SMARTPOOL_SUITE_VALIDATION_INTERVAL",
         "SMARTPOOL_SA_CACHE",

@@ -190,7 +190,7 @@ class Housekeeper:
 
     def set_max_workers(self, workers: int) -> None:
         """A new cap on worker threads (live reconfiguration of ``max_concurrent_connects``);
-        extra workers start as jobs queue, surplus ones exit when idle."""
+        more workers start as jobs queue; none is stopped, and idle ones exit as usual."""
         with self._cond:
             self._max_workers = max(1, workers)
 

@@ -369,6 +369,29 @@ def test_watch_applies_the_file_now_and_each_change_as_a_restart_would(
         engine.pool.close()  # type: ignore[attr-defined]
 
 
+def test_a_reload_through_the_plugin_keeps_the_urls_settings_on_top(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("SMARTPOOL_")]:
+        monkeypatch.delenv(key)
+    settings = tmp_path / "s.toml"
+    write(settings, "max_size = 9\nacquire_timeout = 4\n")
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'p.db'}?plugin=smartpool&smartpool_max_size=4"
+                              "&smartpool_housekeeping_interval=0.02")  # fmt: skip
+    try:
+        pool = pool_of(engine)
+        live.watch_settings(engine, settings)
+        assert pool.config.max_size == 4, "the URL beats the file, as at start"
+        assert pool.config.acquire_timeout == 4
+        with engine.connect():
+            pass
+        write(settings, "max_size = 9\nacquire_timeout = 6\n")
+        assert until(lambda: pool.config.acquire_timeout == 6)
+        assert pool.config.max_size == 4
+    finally:
+        pool_of(engine).close()
+
+
 def test_a_bad_file_fails_watch_settings_at_once(tmp_path: Path, engine: sa.Engine) -> None:
     settings = tmp_path / "bad.toml"
     settings.write_text("max_size = 0\n")
@@ -463,3 +486,24 @@ def test_swap_pool_on_a_redis_client() -> None:
     assert old is pool and isinstance(client.connection_pool, SmartRedisPool)
     assert client.connection_pool.max_connections == 2 and old.stats().closed
     client.connection_pool.close()
+
+
+def test_the_async_redis_pools_verbs_are_awaitable() -> None:
+    pytest.importorskip("redis")
+    from sqlalchemy_smartpool.redis_pool import AsyncSmartRedisPool
+
+    async def token() -> str:
+        return SECRET
+
+    async def scenario() -> None:
+        pool = AsyncSmartRedisPool(host="127.0.0.1", port=1, max_size=4, credentials=token, environ={})
+        assert (await pool.resize(max_size=2))["max_size"] == (4, 2)
+        assert await pool.drain() == 0 and await pool.rotate_credentials() == 0
+        pool.pause()
+        assert pool.paused
+        pool.resume()
+        provider = pool.connection_kwargs["credential_provider"]
+        assert await provider.get_credentials_async() == (SECRET,)
+        await pool.aclose()
+
+    asyncio.run(scenario())
