@@ -33,7 +33,7 @@ from redis import connection as sync_connection
 from redis import exceptions as redis_exc
 from redis._parsers import Encoder
 
-from . import leaks
+from . import forks, leaks
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
 from .engine import SLOT_ATTR, PoolEngine, Runtime
@@ -286,6 +286,7 @@ class _PoolBase:
         self._fork_lock = threading.Lock()
         self._engine = self._new_engine()
         self.pid = os.getpid()
+        forks.register(self)
 
     @classmethod
     def from_url(cls: type[_P], url: str, **kwargs: Any) -> _P:
@@ -309,9 +310,18 @@ class _PoolBase:
         backend.engine = engine
         return engine
 
+    def _after_fork_in_child(self) -> None:
+        """Run by :mod:`.forks` in a forked child: a fresh lock and engine at once. The old
+        engine, reset by the same hook, quarantines and keeps the parent's connections."""
+        self._fork_lock = threading.Lock()
+        self._engine = self._new_engine()
+        self.pid = os.getpid()
+
     def _checkpid(self) -> None:
-        """After ``os.fork()``: a fresh engine for the child; the parent's connections are
-        forgotten (never reused, closed or shut down here)."""
+        """redis-py's pid check, for a fork that skipped Python's at-fork hooks (C code calling
+        ``fork()``; after ``os.fork()`` :meth:`_after_fork_in_child` has already run): a fresh
+        engine for the child; the parent's connections are forgotten (never reused, closed or
+        shut down here)."""
         if self.pid == os.getpid():
             return
         lock = self._fork_lock

@@ -26,6 +26,7 @@ NEUTRAL = (
     "backoff",
     "sched",
     "sched_asyncio",
+    "forks",
 )
 
 PROBE = """
