@@ -597,6 +597,11 @@ class PoolEngine(Generic[C]):
             for conn in conns:
                 forget(conn)
 
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``key`` from outside the engine (the statement guard), under the lock."""
+        with self._lock:
+            self.core.counters[key] += n
+
     def check_invariants(self) -> None:
         with self._lock:
             self.core.check_invariants()

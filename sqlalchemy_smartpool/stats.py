@@ -39,6 +39,9 @@ LEAKS_SUSPECTED = "leaks_suspected"
 LEAKS_RETURNED = "leaks_returned"
 LEAKS_COLLECTED = "leaks_collected"
 BREAKER_OPENED = "breaker_opened"
+#: the statement guard (guard.py): statements it flagged, and those it refused (enforce mode)
+GUARD_DETECTIONS = "guard_detections"
+GUARD_REJECTIONS = "guard_rejections"
 
 COUNTERS: tuple[str, ...] = (
     CHECKOUTS,
@@ -60,6 +63,8 @@ COUNTERS: tuple[str, ...] = (
     LEAKS_RETURNED,
     LEAKS_COLLECTED,
     BREAKER_OPENED,
+    GUARD_DETECTIONS,
+    GUARD_REJECTIONS,
 )
 
 
