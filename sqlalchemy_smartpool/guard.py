@@ -201,6 +201,7 @@ def scan(sql: str, flavour: str = "pg") -> Verdict:
             continue
         if ch == ";":
             code(i)
+            shape.append(";")
             after_semi = True
             pos = i + 1
             continue

@@ -1,6 +1,6 @@
 """The statement guard's lexer, fingerprints, modes and allow-list, without a server.
 
-The injection corpus (tests/data/sql_injection_payloads.txt) is pasted into
+The injection corpus (tests/data/sql_injection_payloads.txt, tests/sql_corpus.py) is pasted into
 string-built queries, as the bug the guard backstops would: every ``rule``
 payload is flagged in each flavour it applies to; every ``allowlist`` payload
 passes the rules (what the lexer cannot know, said plainly) but has a
@@ -15,55 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sql_corpus import FLAVOURS, LEGIT, PAYLOADS, TEMPLATES, Payload
 from sqlalchemy import exc as sa_exc
 
 from sqlalchemy_smartpool import guard as G
 from sqlalchemy_smartpool.errors import ConfigError
-
-CORPUS = Path(__file__).parents[1] / "data" / "sql_injection_payloads.txt"
-FLAVOURS = ("pg", "mysql", "sqlite")
-TEMPLATES = {
-    "string": "SELECT id, name FROM users WHERE name = '{}' AND active = 1",
-    "number": "SELECT id, name FROM users WHERE id = {} ORDER BY id",
-}
-LEGIT = {"string": TEMPLATES["string"].format("alice"), "number": TEMPLATES["number"].format(42)}
-
-
-@dataclass(frozen=True)
-class Payload:
-    expect: str
-    context: str
-    flavours: tuple[str, ...]
-    text: str
-
-    def statement(self) -> str:
-        return TEMPLATES[self.context].format(self.text)
-
-    def __str__(self) -> str:
-        return f"{self.expect}:{self.context}:{self.text}"
-
-
-def load_corpus() -> list[Payload]:
-    out = []
-    for line in CORPUS.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        expect, context, flavours, text = line.split(" ", 3)
-        assert expect in ("rule", "allowlist") and context in TEMPLATES, line
-        out.append(
-            Payload(expect, context, FLAVOURS if flavours == "all" else tuple(flavours.split(",")), text)
-        )
-    return out
-
-
-PAYLOADS = load_corpus()
 
 
 def test_the_corpus_is_big_enough() -> None:
@@ -181,15 +143,12 @@ def _ident(text: str) -> str:
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(FLAVOURS), _text, _text, _text)
 def test_text_in_literals_and_comments_never_triggers(flavour: str, lit: str, block: str, line: str) -> None:
-    block = block.replace("*/", "").replace("/*", "")
+    block = block.replace("/", "")  # no comment opens or closes inside the comment
     line = line.replace("\n", " ").replace("\r", " ")
     for q in "'\"`":
         line = line.replace(q, "")
-    if flavour == "mysql":
-        block = block.lstrip("!M")  # /*! and /*M! are executable, and flagged
-        ident = "`" + lit.replace("`", "``") + "`"
-    else:
-        ident = _ident(lit)
+    block = block.lstrip("!M")  # /*! and /*M! are MySQL's executable comments: flagged everywhere
+    ident = "`" + lit.replace("`", "``") + "`" if flavour == "mysql" else _ident(lit)
     sql = f"-- {line}\nSELECT {_literal(lit, flavour)} AS a, {ident} FROM t /*{block}*/ WHERE b = 1"
     verdict = G.scan(sql, flavour)
     assert verdict.findings == (), sql
