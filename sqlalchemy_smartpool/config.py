@@ -33,6 +33,8 @@ URL_PREFIX = "smartpool_"
 ENV_NON_SETTINGS: frozenset[str] = frozenset(
     {
         "SMARTPOOL_REQUIRE_SERVICES",  # CI: fail, not skip, integration tests without servers
+        "SMARTPOOL_STATEMENT_GUARD",  # the statement guard (guard.py), read by the engine plugin
+        "SMARTPOOL_STATEMENT_GUARD_ALLOWLIST",
         "SMARTPOOL_PROFILE",  # reserved
         "SMARTPOOL_URL_ENCRYPTED",  # reserved
         "SMARTPOOL_CHAOS_SEED",  # tests/integration/test_chaos.py

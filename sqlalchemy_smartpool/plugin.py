@@ -17,6 +17,7 @@ from sqlalchemy.engine import CreateEnginePlugin
 from sqlalchemy.engine.url import URL
 
 from .config import ENV_PREFIX, POOL_KEYWORDS, SA_POOL_ARGUMENTS, URL_PREFIX, from_pool_arguments
+from .errors import ConfigError
 from .pool import AsyncSmartPool, SmartPool
 
 
@@ -27,6 +28,7 @@ class SmartPoolPlugin(CreateEnginePlugin):
         super().__init__(url, kwargs)
         self._query = {k: v for k, v in url.query.items() if k.startswith(URL_PREFIX)}
         self._environ = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+        self._guard = _guard_settings(self._query, self._environ)  # takes its keys out of both
         # fail now, at create_engine(), even if the app then picks another pool class
         from_pool_arguments(None, {}, {}, environ=self._environ, url_query=self._query)
         # create_async_engine() passes _is_async; an async driver in a sync URL is async too
@@ -34,7 +36,16 @@ class SmartPoolPlugin(CreateEnginePlugin):
         kwargs.setdefault("poolclass", AsyncSmartPool if is_async else SmartPool)
 
     def update_url(self, url: URL) -> URL:
-        return url.difference_update_query(self._query)
+        return url.difference_update_query([*self._query, *GUARD_URL_KEYS])
+
+    def engine_created(self, engine: Any) -> None:
+        """``smartpool_statement_guard=detect|enforce`` (URL) or ``SMARTPOOL_STATEMENT_GUARD``:
+        install the statement guard (docs/guard.md) on the new engine."""
+        mode, allowlist, source = self._guard
+        if mode != "off":
+            from .guard import install_guard
+
+            install_guard(engine, mode, allowlist, source=source)
 
     def handle_pool_kwargs(self, pool_cls: type, pool_args: dict[str, Any]) -> None:
         """Merge code, environment and URL into the final ``pool_config``, consuming the keys merged."""
@@ -56,3 +67,28 @@ def _dialect_is_async(url: URL) -> bool:
         return bool(url.get_dialect().is_async)
     except Exception:  # an unknown dialect fails later, in create_engine, with SQLAlchemy's error
         return False
+
+
+#: the statement guard's settings: URL query keys and environment variables (URL wins)
+GUARD_URL_KEYS = (f"{URL_PREFIX}statement_guard", f"{URL_PREFIX}statement_guard_allowlist")
+GUARD_ENV_KEYS = (f"{ENV_PREFIX}STATEMENT_GUARD", f"{ENV_PREFIX}STATEMENT_GUARD_ALLOWLIST")
+
+
+def _guard_settings(query: dict[str, Any], environ: dict[str, str]) -> tuple[str, str | None, str]:
+    """Pop the guard's keys (they are no pool settings) and validate them now: a typo fails at
+    ``create_engine()``. Returns (mode, allow-list path, where the mode came from)."""
+    from .guard import settings_from_text
+
+    found: dict[str, tuple[str, str]] = {}
+    for name, env_key, url_key in zip(
+        ("statement_guard", "statement_guard_allowlist"), GUARD_ENV_KEYS, GUARD_URL_KEYS, strict=True
+    ):
+        if env_key in environ:
+            found[name] = (environ.pop(env_key), f"environment variable {env_key}")
+        if url_key in query:
+            raw, source = query.pop(url_key), f"URL parameter {url_key}"
+            if not isinstance(raw, str):
+                raise ConfigError(name, raw, "given more than once in the URL", source=source)
+            found[name] = (raw, source)
+    mode, path = settings_from_text(found)
+    return mode, path, found.get("statement_guard", ("", "default"))[1]

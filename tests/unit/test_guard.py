@@ -276,3 +276,73 @@ def test_install_on_an_engine_rejects_before_sending(tmp_path: Path) -> None:
     with engine.connect() as c:
         assert c.exec_driver_sql("SELECT count(*) FROM users WHERE id = 1 OR 1=1 --").scalar_one() == 1
     engine.dispose()
+
+
+# ------------------------------------------------------------------ the plugin: URL and env
+
+
+@pytest.fixture
+def plugin_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    for key in ("SMARTPOOL_STATEMENT_GUARD", "SMARTPOOL_STATEMENT_GUARD_ALLOWLIST"):
+        monkeypatch.delenv(key, raising=False)
+    return f"sqlite:///{tmp_path / 'plugin.db'}?plugin=smartpool"
+
+
+def test_the_plugin_installs_the_guard_from_the_url(plugin_url: str) -> None:
+    engine = sa.create_engine(plugin_url + "&smartpool_statement_guard=enforce&smartpool_min_size=1")
+    try:
+        guard = G.guard_of(engine)
+        assert guard is not None and guard.mode == "enforce"
+        assert not [k for k in engine.url.query if k.startswith("smartpool_")]  # the driver never sees them
+        with engine.connect() as c, pytest.raises(G.StatementRejected):
+            c.exec_driver_sql("SELECT 1; SELECT 2")
+    finally:
+        engine.dispose()
+
+
+def test_the_plugin_reads_the_environment_and_the_url_wins(
+    plugin_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allow = tmp_path / "allow.txt"
+    allow.write_text(G.scan("SELECT 1", "sqlite").fingerprint + "\n")
+    monkeypatch.setenv("SMARTPOOL_STATEMENT_GUARD", "enforce")
+    monkeypatch.setenv("SMARTPOOL_STATEMENT_GUARD_ALLOWLIST", str(allow))
+    from sqlalchemy_smartpool.config import PoolConfig
+
+    PoolConfig.from_env()  # the guard's variables are no unknown pool settings
+    engine = sa.create_engine(plugin_url)
+    try:
+        guard = G.guard_of(engine)
+        assert guard is not None and guard.mode == "enforce" and guard.allowlist is not None
+        with engine.connect() as c:
+            c.exec_driver_sql("SELECT 1")
+            with pytest.raises(G.StatementRejected, match="not_allowlisted"):
+                c.exec_driver_sql("SELECT 2 + 2")
+    finally:
+        engine.dispose()
+    off = sa.create_engine(plugin_url + "&smartpool_statement_guard=off")
+    assert G.guard_of(off) is None
+    off.dispose()
+
+
+@pytest.mark.parametrize(
+    ("query", "env", "named"),
+    [
+        ("&smartpool_statement_guard=block", {}, "URL parameter smartpool_statement_guard"),
+        ("", {"SMARTPOOL_STATEMENT_GUARD": "on"}, "environment variable SMARTPOOL_STATEMENT_GUARD"),
+        (
+            "&smartpool_statement_guard_allowlist=/nonexistent/a.json",
+            {},
+            "smartpool_statement_guard_allowlist",
+        ),
+        ("&smartpool_statement_guard=detect&smartpool_statement_guard=enforce", {}, "more than once"),
+    ],
+)
+def test_the_plugin_refuses_bad_guard_settings_at_create_engine(
+    plugin_url: str, monkeypatch: pytest.MonkeyPatch, query: str, env: dict[str, str], named: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        sa.create_engine(plugin_url + query)
+    assert named in str(info.value) and "statement_guard" in str(info.value)
