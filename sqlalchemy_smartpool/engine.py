@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from . import leaks
+from . import forks, leaks
 from . import stats as S
 from .backoff import Backoff
 from .config import PoolConfig
@@ -171,6 +171,7 @@ class PoolEngine(Generic[C]):
         self._limit_read = False
         #: the last permanent connect error and when it happened, for wait()
         self._permanent: tuple[BaseException, float] | None = None
+        forks.register(self)  # a forked child starts clean (forks.py); nothing on the checkout path
 
     def _apply(self, config: PoolConfig) -> None:
         """Put ``config`` in force; the hot path reads these copies, not the config."""
@@ -744,6 +745,43 @@ class PoolEngine(Generic[C]):
         self._stop_runtime()
         for slot in idle:
             self._close_now(slot.conn)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (run by :mod:`.forks` at the fork): forget the parent's connections.
+
+        They stay the parent's: their sockets are quarantined (nothing the child
+        does reaches the parent's sessions), the backend's optional ``forget``
+        makes each inert without I/O, and they are kept alive so no finalizer
+        runs on them. The engine gets a fresh lock (the parent's may be held by
+        a thread that does not exist here), a fresh core and no runtime: like a
+        new pool, it dials nobody until the child's first checkout.
+        """
+        old_core, old_rt = self.core, self._rt
+        conns = [s.conn for s in old_core.idle] + [s.conn for s in old_core.leased.values()]
+        self._lock = threading.RLock()
+        self._owned = self._lock._is_owned  # type: ignore[attr-defined]
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
+        self.core = PoolCore(self.config, self._clock, name=self.name, errors=self.errors)
+        self.core.closed = old_core.closed
+        self._rt = None
+        self._generation += 1  # connects the parent had in flight are not ours
+        self._serve_armed = False
+        self._permanent = None
+        self._waits = S.WaitSampler() if self.config.track_wait_times else None
+        self._leak_reports = leaks.LeakReporter(self.name)
+        forks.keep(old_core, old_rt, conns)
+        backend = self.backend
+        for conn in conns:  # first the byte-level guarantee, then the adapter's bookkeeping
+            try:
+                fd = backend.socket_fd(conn)
+            except Exception:
+                fd = None
+            forks.quarantine(fd)
+        forget: Callable[[C], None] | None = getattr(backend, "forget", None)
+        if forget is not None:
+            for conn in conns:
+                forget(conn)
 
     def check_invariants(self) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnDialect, _ConnectionRecord
 
-from . import drivers, leaks
+from . import drivers, forks, leaks
 from . import stats as S
 from .config import PoolConfig, from_pool_arguments
 from .core import PoolCore
@@ -118,6 +118,26 @@ class _RecordBackend:
 
     def server_limit(self, conn: _ConnectionRecord) -> int | None:
         return drivers.server_connection_limit(self._dialect, conn.dbapi_connection)
+
+    def forget(self, conn: _ConnectionRecord) -> None:
+        """In a forked child: make a record of the parent's inert, without I/O.
+
+        As SQLAlchemy's own invalidation does: a fairy (checked out in the
+        parent) loses its DBAPI connection and its GC finalizer, so closing it
+        in the child resets nothing, rolls nothing back and only returns the
+        record, which is no longer ours and is dropped. The DBAPI connection
+        is kept alive: a driver finalizer (mysqlclient sends ``COM_QUIT``) never runs.
+        """
+        ref = conn.fairy_ref
+        fairy = ref() if ref is not None else None
+        if fairy is not None:
+            finalizer = getattr(fairy, "_finalizer", None)  # SQLAlchemy >= 2.1
+            if finalizer is not None:
+                finalizer.detach()
+            fairy.dbapi_connection = None  # type: ignore[assignment]
+        forks.keep(conn.dbapi_connection, fairy)
+        conn.dbapi_connection = None
+        conn.__dict__.pop(SLOT_ATTR, None)
 
 
 class SmartPool(Pool):

@@ -34,7 +34,7 @@ from redis import exceptions as redis_exc
 from redis._parsers import Encoder
 from redis.credentials import CredentialProvider
 
-from . import leaks, urltemplate
+from . import forks, leaks, urltemplate
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
 from .engine import SLOT_ATTR, Pending, PoolEngine, Runtime
@@ -370,6 +370,7 @@ class _PoolBase:
         self._fork_lock = threading.Lock()
         self._engine = self._new_engine()
         self.pid = os.getpid()
+        forks.register(self)
 
     @classmethod
     def from_url(cls: type[_P], url: str, **kwargs: Any) -> _P:
@@ -393,9 +394,18 @@ class _PoolBase:
         backend.engine = engine
         return engine
 
+    def _after_fork_in_child(self) -> None:
+        """Run by :mod:`.forks` in a forked child: a fresh lock and engine at once. The old
+        engine, reset by the same hook, quarantines and keeps the parent's connections."""
+        self._fork_lock = threading.Lock()
+        self._engine = self._new_engine()
+        self.pid = os.getpid()
+
     def _checkpid(self) -> None:
-        """After ``os.fork()``: a fresh engine for the child; the parent's connections are
-        forgotten (never reused, closed or shut down here)."""
+        """redis-py's pid check, for a fork that skipped Python's at-fork hooks (C code calling
+        ``fork()``; after ``os.fork()`` :meth:`_after_fork_in_child` has already run): a fresh
+        engine for the child; the parent's connections are forgotten (never reused, closed or
+        shut down here)."""
         if self.pid == os.getpid():
             return
         lock = self._fork_lock
