@@ -26,6 +26,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "SmartRedisPool": "redis_pool",
     "AsyncSmartRedisPool": "redis_pool",
+    "smartpool_url": "plugin",
+    "decrypt_url": "urlcrypt",
+    "encrypt_url": "urlcrypt",
 }
 
 
@@ -53,4 +56,7 @@ __all__ = [
     "SmartRedisPool",
     "TooManyWaiters",
     "__version__",
+    "decrypt_url",
+    "encrypt_url",
+    "smartpool_url",
 ]

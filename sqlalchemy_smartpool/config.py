@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import math
 import os
+import sys
 import threading
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal, get_args
@@ -27,6 +28,10 @@ REUSE_STRATEGIES: tuple[str, ...] = get_args(ReuseStrategy)
 ENV_PREFIX = "SMARTPOOL_"
 #: Prefix of the URL query keys read by the ``smartpool`` engine plugin.
 URL_PREFIX = "smartpool_"
+#: Names the TOML settings file every pool reads as its deployment layer (see :func:`from_pool_arguments`).
+ENV_CONFIG_FILE = "SMARTPOOL_CONFIG_FILE"
+#: Picks the ``[profiles.<name>]`` table of that file (dev, staging, prod, ...).
+ENV_PROFILE = "SMARTPOOL_PROFILE"
 
 #: ``SMARTPOOL_*`` variables that are no pool setting: the project's own (CI, tests,
 #: benchmarks) and names reserved for later. Any other unknown one is an error.
@@ -35,8 +40,11 @@ ENV_NON_SETTINGS: frozenset[str] = frozenset(
         "SMARTPOOL_REQUIRE_SERVICES",  # CI: fail, not skip, integration tests without servers
         "SMARTPOOL_STATEMENT_GUARD",  # the statement guard (guard.py), read by the engine plugin
         "SMARTPOOL_STATEMENT_GUARD_ALLOWLIST",
-        "SMARTPOOL_PROFILE",  # reserved
-        "SMARTPOOL_URL_ENCRYPTED",  # reserved
+        "SMARTPOOL_PROFILE",  # the settings file's profile
+        "SMARTPOOL_CONFIG_FILE",  # the settings file
+        "SMARTPOOL_URL_ENCRYPTED",  # urlcrypt: the encrypted URL the plugin uses
+        "SMARTPOOL_URL_KEY",  # urlcrypt: its key(s)
+        "SMARTPOOL_URL_KEY_FILE",
         "SMARTPOOL_CHAOS_SEED",  # tests/integration/test_chaos.py
         "SMARTPOOL_SUITE_MIN_SIZE",  # tests/sqlalchemy_suite
         "SMARTPOOL_SUITE_VALIDATION_INTERVAL",
@@ -45,6 +53,7 @@ ENV_NON_SETTINGS: frozenset[str] = frozenset(
         "SMARTPOOL_SA_BACKENDS",
         "SMARTPOOL_SA_PG_URL",
         "SMARTPOOL_BENCH_URL",  # benchmarks
+        "SMARTPOOL_BENCH_REDIS_URL",
     }
 )
 
@@ -72,15 +81,43 @@ class _DefaultInt(int):
 
     ``max_size=3`` alone then lowers ``min_size`` (default 5) to 3 instead of
     failing on a value the user never wrote. Equal to a plain int everywhere.
+    ``origin`` is the default it started as (the class's, a backend's, or one
+    derived from QueuePool's arguments), which it returns to when the limit it
+    followed changes again.
     """
+
+    origin: int
+
+    def __new__(cls, value: int, origin: int | None = None) -> _DefaultInt:
+        self = super().__new__(cls, value)
+        self.origin = int(value) if origin is None else origin
+        return self
+
+    def __reduce__(self) -> Any:
+        return type(self), (int(self), self.origin)
 
 
 class _DefaultFloat(float):
     """:class:`_DefaultInt` for durations (backoff_initial / backoff_max)."""
 
+    origin: float
+
+    def __new__(cls, value: float, origin: float | None = None) -> _DefaultFloat:
+        self = super().__new__(cls, value)
+        self.origin = float(value) if origin is None else origin
+        return self
+
+    def __reduce__(self) -> Any:
+        return type(self), (float(self), self.origin)
+
 
 def _is_default(value: Any) -> bool:
     return isinstance(value, (_DefaultInt, _DefaultFloat))
+
+
+def _follow(default: Any, value: Any) -> Any:
+    """``default``'s marker type with ``value``, keeping the default it started as."""
+    return type(default)(value, default.origin)
 
 
 class LimitOrderError(ConfigError):
@@ -100,9 +137,9 @@ def _order(obj: Any, low: str, high: str, *, blame_low: bool, prefix: str = "") 
     if lo <= hi:
         return
     if _is_default(hi):
-        object.__setattr__(obj, high, type(hi)(lo))
+        object.__setattr__(obj, high, _follow(hi, lo))
     elif _is_default(lo):
-        object.__setattr__(obj, low, type(lo)(hi))
+        object.__setattr__(obj, low, _follow(lo, hi))
     elif blame_low:
         raise LimitOrderError(prefix + low, lo, f"must be <= {prefix}{high} ({hi!r})", prefix + high)
     else:
@@ -110,12 +147,12 @@ def _order(obj: Any, low: str, high: str, *, blame_low: bool, prefix: str = "") 
 
 
 def _defaults_anew(obj: Any, changes: dict[str, Any]) -> dict[str, Any]:
-    """``changes`` plus the class default of every unchanged defaulted limit, so it can follow anew."""
-    reset = {
-        f.name: f.default
-        for f in dataclasses.fields(obj)
-        if f.name not in changes and _is_default(getattr(obj, f.name))
-    }
+    """``changes`` plus every unchanged defaulted limit back at its origin, so it can follow anew."""
+    reset = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name not in changes and _is_default(value):
+            reset[f.name] = type(value)(value.origin)
     return {**reset, **changes}
 
 
@@ -345,6 +382,32 @@ class PoolConfig:
         environ = os.environ if environ is None else environ
         return _apply(cls(), _env_settings(environ, prefix=prefix, allow=allow))
 
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        profile: str | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        base: PoolConfig | None = None,
+    ) -> PoolConfig:
+        """Build from a TOML settings file: its top-level keys, then the chosen ``[profiles.<name>]``.
+
+        ``profile=None`` takes the name from ``SMARTPOOL_PROFILE`` in
+        ``environ`` (``os.environ`` by default); ``""`` means the top level
+        only. Values are typed as TOML types them (``max_size = 20``,
+        ``max_lifetime = "off"``); every profile is checked, not only the
+        chosen one, so a typo in ``prod`` fails in ``dev`` already. Errors
+        name the file and the key with its table path.
+        """
+        environ = os.environ if environ is None else environ
+        if profile is None:
+            profile, profile_source = environ.get(ENV_PROFILE, ""), f"environment variable {ENV_PROFILE}"
+        else:
+            profile_source = "argument profile"
+        settings = file_settings(os.fspath(path), profile, profile_source=profile_source)
+        return _apply(base or cls(), settings, base_source="base" if base else None)
+
 
 def field_types() -> dict[str, str]:
     """Every settable name (breaker fields as ``breaker_<field>``) with its annotated type."""
@@ -441,6 +504,144 @@ def _url_settings(query: Mapping[str, Any]) -> Settings:
     return settings
 
 
+# -- settings files ---------------------------------------------------------------------
+
+#: top-level keys of a settings file that are no pool setting
+_FILE_TABLES = ("breaker", "profiles")
+
+
+def _load_toml(path: str, source: str | None) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise ConfigError(
+                "config_file",
+                path,
+                "reading TOML on Python 3.10 needs tomli: pip install 'sqlalchemy-smartpool[toml]'",
+                source=source,
+            ) from None
+    try:
+        with open(path, "rb") as f:
+            doc: dict[str, Any] = tomllib.load(f)
+    except OSError as err:
+        reason = f"cannot be read: {err.strerror or err}"
+        raise ConfigError("config_file", path, reason, source=source) from None
+    except tomllib.TOMLDecodeError as err:  # "Invalid value (at line 3, column 12)": no content quoted
+        raise ConfigError("config_file", path, f"is not valid TOML: {err}", source=source) from None
+    return doc
+
+
+def _file_value(name: str, value: Any) -> Any:
+    """A TOML value as given; TOML has no null, so ``"off"`` / ``"none"`` turn an optional setting off."""
+    optional = "None" in field_types()[name]
+    if optional and isinstance(value, str) and value.strip().lower() in {"", "none", "null", "off"}:
+        return None
+    return value
+
+
+def _table_settings(table: Mapping[str, Any], path: str, prefix: str) -> Settings:
+    """The settings of one table (the top level or a profile), each with its file-and-key source."""
+    known = field_types()
+    out: Settings = {}
+
+    def put(name: str, value: Any, key: str) -> None:
+        source = f"file {path}, key {key}"
+        if name not in known:
+            if name.startswith("breaker_") and ".breaker." in f".{key}":  # within a [breaker] table
+                candidates = [f.name for f in dataclasses.fields(CircuitBreakerConfig)]
+            else:
+                candidates = [*known, *_FILE_TABLES] if not prefix else [*known, "breaker"]
+            raise _unknown(key, value, candidates, key=key.rpartition(".")[2], source=source)
+        if name in out:
+            raise ConfigError(name, value, f"given twice (also as {out[name][1]})", source=source)
+        out[name] = (_file_value(name, value), source)
+
+    for key, value in table.items():
+        if key == "profiles" and not prefix:
+            continue
+        if key == "breaker":
+            if not isinstance(value, dict):
+                source = f"file {path}, key {prefix}{key}"
+                raise ConfigError(prefix + key, value, "must be a table ([breaker])", source=source)
+            for sub, sub_value in value.items():
+                put(f"breaker_{sub}", sub_value, f"{prefix}breaker.{sub}")
+            continue
+        put(key, value, prefix + key)
+    return out
+
+
+def file_settings(
+    path: str, profile: str = "", *, profile_source: str | None = None, source: str | None = None
+) -> Settings:
+    """The settings of a TOML file: the top level overlaid by ``[profiles.<profile>]``.
+
+    Every table is validated on its own (names, types, ranges), so an error
+    in any profile shows whichever profile is chosen. ``source`` says where
+    the path came from, ``profile_source`` where the profile's name did.
+    """
+    doc = _load_toml(path, source)
+    top = _table_settings(doc, path, "")
+    profiles = doc.get("profiles", {})
+    if not isinstance(profiles, dict):
+        reason = "must be a table of profiles ([profiles.prod])"
+        raise ConfigError("profiles", profiles, reason, source=f"file {path}, key profiles")
+    tables: dict[str, Settings] = {}
+    for name, table in profiles.items():
+        if not isinstance(table, dict):
+            key = f"profiles.{name}"
+            reason = "must be a table ([profiles.<name>])"
+            raise ConfigError(key, table, reason, source=f"file {path}, key {key}")
+        tables[name] = _table_settings(table, path, f"profiles.{name}.")
+    for settings in (top, *({**top, **t} for t in tables.values())):
+        _apply(PoolConfig(), settings)
+    if not profile:
+        return top
+    if profile not in tables:
+        have = f"its profiles are {', '.join(sorted(tables))}" if tables else "it has no [profiles.*] tables"
+        reason = f"no [profiles.{profile}] in {path}; {have}"
+        raise ConfigError("profile", profile, reason, source=profile_source)
+    return {**top, **tables[profile]}
+
+
+def _deployment_settings(environ: Mapping[str, str]) -> Settings:
+    """The settings file named by ``SMARTPOOL_CONFIG_FILE`` (and its ``SMARTPOOL_PROFILE``), if any."""
+    path, profile = environ.get(ENV_CONFIG_FILE, ""), environ.get(ENV_PROFILE, "")
+    profile_source = f"environment variable {ENV_PROFILE}"
+    if not path:
+        if profile:
+            reason = f"{ENV_CONFIG_FILE} is not set: no file to take it from"
+            raise ConfigError("profile", profile, reason, source=profile_source)
+        return {}
+    source = f"environment variable {ENV_CONFIG_FILE}"
+    return file_settings(path, profile, profile_source=profile_source, source=source)
+
+
+# -- per-database defaults ---------------------------------------------------------------
+
+#: Defaults that differ by backend (``dialect.name``; ``redis`` for the Redis pools), below every
+#: other source. docs/adopting.md says why each exists and why the others have none.
+BACKEND_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
+    # one writer at a time, connections in-process: more than QueuePool's 5 + 10 only queue on the
+    # database lock; no server, firewall or proxy ever drops a connection, so none needs retiring
+    "sqlite": {"max_size": _DefaultInt(15), "max_lifetime": None},
+    "postgresql": {},
+    "mysql": {},
+    "mariadb": {},
+    "redis": {},
+}
+
+
+def backend_settings(backend: str | None) -> Settings:
+    """The :data:`BACKEND_DEFAULTS` of ``backend`` as settings (none for an unknown one)."""
+    if not backend:
+        return {}
+    source = f"defaults for {backend}"
+    return {name: (value, source) for name, value in BACKEND_DEFAULTS.get(backend, {}).items()}
+
+
 #: SQLAlchemy's pool arguments as SmartPool receives them -> as create_engine() spells them
 SA_POOL_ARGUMENTS = {
     "pool_size": "pool_size",
@@ -508,17 +709,24 @@ def from_pool_arguments(
     *,
     environ: Mapping[str, str] | None = None,
     url_query: Mapping[str, Any] | None = None,
+    backend: str | None = None,
 ) -> PoolConfig:
     """Merge every source of pool settings into one validated config; later sources win.
 
-    Defaults < ``base`` (``pool_config=``) < SQLAlchemy's pool arguments in code
-    (``sa_given``: pool_size, max_overflow, timeout, recycle, pre_ping, use_lifo)
-    < SmartPool keywords in code (``given``) < ``SMARTPOOL_*`` variables of
-    ``environ`` < ``smartpool_*`` keys of ``url_query``. The environment and
-    URL are the operator's knobs, to tune an app without touching its code, so
-    they override code without conflict; a SmartPool keyword and a SQLAlchemy
-    argument that disagree about one field, both in code, are an error unless
-    the operator sets that field. Keywords are never parsed as text.
+    Defaults < :data:`BACKEND_DEFAULTS` of ``backend`` (only without a
+    ``base``: a ``pool_config=`` is a whole config) < ``base``
+    (``pool_config=``) < SQLAlchemy's pool arguments in code (``sa_given``:
+    pool_size, max_overflow, timeout, recycle, pre_ping, use_lifo) <
+    SmartPool keywords in code (``given``) < the settings file named by
+    ``SMARTPOOL_CONFIG_FILE`` in ``environ`` (its top level, then its
+    ``SMARTPOOL_PROFILE`` profile) < ``SMARTPOOL_*`` variables of ``environ``
+    < ``smartpool_*`` keys of ``url_query``. The file, environment and URL
+    are the operator's knobs, to tune a deployed app without touching its
+    code, so they override code without conflict; of those, the more
+    specific wins (a file shared by a fleet < one process's environment <
+    one engine's URL). A SmartPool keyword and a SQLAlchemy argument that
+    disagree about one field, both in code, are an error unless the operator
+    sets that field. Keywords are never parsed as text.
     """
     if base is not None and not isinstance(base, PoolConfig):
         raise ConfigError("pool_config", base, "must be a PoolConfig", source="keyword")
@@ -531,13 +739,16 @@ def from_pool_arguments(
             reason = f"conflicts with {source} ({name}={value!r}); give only one of them"
             conflicts.append(ConfigError(name, code[name][0], reason, source="keyword"))
     operator = {
+        **_deployment_settings(environ or {}),
         **_env_settings(environ or {}, prefix=ENV_PREFIX, allow=ENV_NON_SETTINGS),
         **_url_settings(url_query or {}),
     }
     for conflict in conflicts:
         if conflict.field not in operator:
             raise conflict
-    return _apply(base or PoolConfig(), {**code, **operator}, base_source="pool_config" if base else None)
+    if base is not None:
+        return _apply(base, {**code, **operator}, base_source="pool_config")
+    return _apply(PoolConfig(), {**backend_settings(backend), **code, **operator})
 
 
 def _apply(base: PoolConfig, settings: Settings, *, base_source: str | None = None) -> PoolConfig:

@@ -423,6 +423,43 @@ class PoolCore(Generic[C]):
         slot.validated_at = now
         return self._place(slot, now, touch=False), False
 
+    # -- health probes (PoolEngine.probe) ---------------------------------------------
+
+    def take_for_probe(self) -> Slot[C] | None:
+        """An idle connection for a health probe's ping, out of idle like one taken for a
+        keepalive (``maintaining``: not a checkout). None while callers wait: they come first."""
+        if not self.idle or self.waiters:
+            return None
+        slot = self.idle.pop() if self._lifo else self.idle.popleft()
+        self.maintaining += 1
+        return slot
+
+    def probed(self, slot: Slot[C], ok: bool, now: float) -> tuple[Waiter[C] | None, bool]:
+        """A health probe's ping ended. Returns (waiter to wake, whether to close it)."""
+        self.maintaining -= 1
+        if not ok or self.closed:
+            self.size -= 1
+            self.counters[S.CONNECTIONS_INVALIDATED] += 1
+            return None, True
+        slot.validated_at = now
+        return self._place(slot, now, touch=False), False
+
+    def reserve_probe_connect(self) -> str | None:
+        """Count one connect for a health probe as pending; else why not (full, breaker)."""
+        if self.closed:
+            return "pool closed"
+        if self.size + self.pending >= self.config.max_size:
+            return (
+                f"no idle connection to ping and no room for another "
+                f"(size={self.size} pending={self.pending} max_size={self.config.max_size})"
+            )
+        breaker = self.breaker
+        if breaker.is_open and (self.pending or not breaker.allow_connect()):
+            # while open, a connect may only be the breaker's single probe
+            return f"circuit breaker {breaker.state.value}; next probe in {breaker.retry_after():.2f}s"
+        self.pending += 1
+        return None
+
     # -- shutdown ---------------------------------------------------------------------
 
     def drain_idle(self) -> list[Slot[C]]:

@@ -16,6 +16,8 @@ from typing import Any
 
 from sqlalchemy import event
 
+from . import urltemplate
+
 #: driver name (``dialect.driver``) -> connect kwarg and how to express the seconds
 CONNECT_TIMEOUT_ARGS: dict[str, tuple[str, Callable[[float], Any]]] = {
     # libpq takes whole seconds (and treats values below 2 as 2)
@@ -67,6 +69,42 @@ def install_connect_timeout(dialect: Any, seconds: float) -> bool:
             conn_rec.info[_HANDSHAKE_READ_TIMEOUT] = True
 
     event.listen(dialect, "do_connect", _set_timeout)
+    return True
+
+
+def install_url_templates(dialect: Any) -> bool:
+    """Resolve ``{env:NAME}`` / ``{file:PATH}`` placeholders in the connect arguments at every connect.
+
+    The URL's user, password, host, database and query end up as the
+    driver's connect arguments; a ``do_connect`` hook replaces each
+    placeholder there just before the driver dials, so a rotated secret file
+    is read by the next connect. The templates are kept aside: SQLAlchemy
+    2.0 hands every connect the same argument dict, which the first
+    resolution would otherwise overwrite. Nothing is resolved or installed
+    twice per dialect; a connect argument without a placeholder costs one
+    ``in`` test.
+    """
+    if not _first_time(dialect, "url_templates"):
+        return False
+    templates: dict[tuple[str, Any], str] = {}
+
+    def _resolve(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        for key, value in cparams.items():
+            if urltemplate.has_placeholders(value):
+                templates[("kw", key)] = value
+        if isinstance(cargs, list):
+            for i, value in enumerate(cargs):
+                if urltemplate.has_placeholders(value):
+                    templates[("arg", i)] = value
+        for (kind, key), template in templates.items():
+            where = f"connect argument {key}" if kind == "kw" else f"connect argument #{key + 1}"
+            value = urltemplate.resolve(template, where=where)
+            if kind == "kw":
+                cparams[key] = value
+            else:
+                cargs[key] = value
+
+    event.listen(dialect, "do_connect", _resolve)
     return True
 
 

@@ -40,6 +40,7 @@ from .backoff import Backoff
 from .config import PoolConfig
 from .core import PoolCore, Slot, Waiter
 from .errors import ErrorTypes, describe_error
+from .health import PROBE_FAILED, PROBE_OK, PROBE_SKIPPED, PROBE_TIMEOUT, ProbeResult
 
 logger = logging.getLogger("sqlalchemy_smartpool.engine")
 
@@ -117,6 +118,21 @@ class Runtime(Protocol):
         ...
 
 
+class Pending(Generic[C]):
+    """A checkout :meth:`PoolEngine.checkout_nowait` could not finish without blocking."""
+
+    __slots__ = ("_engine", "_slot", "_t0")
+
+    def __init__(self, engine: PoolEngine[C], slot: Slot[C] | None, t0: float) -> None:
+        self._engine = engine
+        self._slot = slot
+        self._t0 = t0
+
+    def finish(self) -> C:
+        """Wait for a connection and/or validate it (blocks; awaits from a greenlet)."""
+        return self._engine._finish_checkout(self._slot, self._t0)
+
+
 class PoolEngine(Generic[C]):
     """One pool's orchestration over :class:`PoolCore`; see the module docstring."""
 
@@ -176,34 +192,60 @@ class PoolEngine(Generic[C]):
         One deadline (``acquire_timeout`` from now) bounds the whole checkout,
         waiting and validation of replacements included.
         """
-        clock = self._clock
-        t0 = clock()
-        core = self.core
+        got = self.checkout_nowait()
+        if got.__class__ is Pending:  # ~50 ns for having the fast path once, not twice
+            return got.finish()
+        return got  # type: ignore[return-value]
+
+    def checkout_nowait(self) -> C | Pending[C]:
+        """The part of :meth:`checkout` that never blocks.
+
+        Returns the connection when an idle one needs no validation; otherwise
+        a :class:`Pending` whose ``finish()`` waits and/or validates (blocking,
+        or awaiting under asyncio). An asyncio adapter calls this directly and
+        enters a greenlet only for ``finish()``: the usual checkout costs none.
+        """
+        t0 = self._clock()
         # acquire/try/finally, not ``with``: half the cost (~90 ns) on every checkout
         self._acquire()
         try:
-            slot = core.take_idle(t0)
+            slot = self.core.take_idle(t0)
         finally:
             self._release()
-        deadline = t0 + self._timeout
-        now = t0
         if slot is None:
-            slot = self._wait(t0, deadline)
-            # a connection handed over while we waited was returned after t0: its idle
-            # time counts from now (or it would look negative and skip every check)
-            now = clock()
-            waits = self._waits
-            if waits is not None:  # immediate checkouts waited 0: counted, not timed
-                waits.record(now - t0, core.checkouts)
-        elif self._rt is None:  # served from connections returned after dispose()
+            return Pending(self, None, t0)
+        if self._rt is None:  # served from connections returned after dispose()
             self._ensure_started()
         if self._validate and (
-            now - slot.last_used > self._interval
-            or slot.validated_at < core.suspect_before
+            t0 - slot.last_used > self._interval
+            or slot.validated_at < self.core.suspect_before
             # on every checkout (~0.3 us; ``check_socket``): an EOF that arrived while
             # the connection was in use, or a socket closed under it, is visible at once
             or (slot.poller is not None and slot.poller.poll(0))
         ):
+            return Pending(self, slot, t0)
+        if self._leak_threshold is not None:
+            slot.lease = leaks.capture()
+        return slot.conn
+
+    def _finish_checkout(self, slot: Slot[C] | None, t0: float) -> C:
+        """The blocking rest of a checkout begun at ``t0``: wait when ``slot`` is None, validate."""
+        deadline = t0 + self._timeout
+        if slot is None:
+            slot = self._wait(t0, deadline)
+            # a connection handed over while we waited was returned after t0: its idle
+            # time counts from now (or it would look negative and skip every check)
+            now = self._clock()
+            waits = self._waits
+            if waits is not None:  # immediate checkouts waited 0: counted, not timed
+                waits.record(now - t0, self.core.checkouts)
+            if self._validate and (
+                now - slot.last_used > self._interval
+                or slot.validated_at < self.core.suspect_before
+                or (slot.poller is not None and slot.poller.poll(0))
+            ):
+                slot = self._validated(slot, deadline)
+        else:
             slot = self._validated(slot, deadline)
         if self._leak_threshold is not None:
             slot.lease = leaks.capture()
@@ -487,6 +529,150 @@ class PoolEngine(Generic[C]):
                     f"pool {self.name} not ready after {timeout:g}s; {state}{why}"
                 ) from cause
             rt.sleep(0.005)
+
+    # -------------------------------------------------------------- health probe
+
+    #: when the connect a probe started began, while it runs (one at a time: a database
+    #: that hangs must not collect a hanging connect per health check)
+    _probe_since: float | None = None
+
+    def probe(self, timeout: float) -> ProbeResult:
+        """Does the database answer? For a health check; never takes a caller's place.
+
+        Pings one idle connection -- taken out as for a keepalive, so it is no
+        checkout and no caller can get it meanwhile -- with a watchdog that shuts
+        its socket down after ``timeout``. With no idle connection (or a dead
+        one) a fresh connect is started, which joins the pool, and waited for up
+        to the rest of ``timeout``. Nothing is probed while callers queue for
+        every connection and none can be added (their checkouts say enough), nor
+        while the breaker holds connects back. Runs only when called: a pool
+        nobody asks is never probed. Under asyncio, call it in a greenlet on the
+        pool's loop (``await spawn(engine.probe, timeout)``).
+        """
+        clock = self._clock
+        start = clock()
+        deadline = start + timeout
+        self._ensure_started()
+        rt = self._rt
+        if rt is None:
+            return ProbeResult(PROBE_SKIPPED, "none", 0.0, "pool closed")
+        rt.check_caller()
+        with self._lock:
+            slot = self.core.take_for_probe()
+        if slot is not None:
+            result = self._probe_ping(slot, start, deadline)
+            if result is not None:
+                return result
+        return self._probe_connect(rt, start, deadline)
+
+    def _probe_ping(self, slot: Slot[C], start: float, deadline: float) -> ProbeResult | None:
+        """Ping a connection taken for a probe and give it back; None: it was dead (a
+        disconnect, e.g. after a server restart), so a fresh connect must decide."""
+        backend = self.backend
+        rt = self._rt
+        fired: list[bool] = []
+        watchdog = None
+        error: BaseException | None = None
+        ok = False
+        try:
+            fd = backend.socket_fd(slot.conn)
+            if fd is not None and rt is not None:
+
+                def cut(fd: int = fd) -> None:
+                    fired.append(True)
+                    _abort_socket(fd)
+
+                watchdog = rt.call_later(max(deadline - self._clock(), 0.0), cut)
+            ok = backend.ping(slot.conn)
+        except BaseException as err:  # a cancellation too: the connection is not trusted again
+            error = err
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        now = self._clock()
+        alive = ok and error is None
+        with self._lock:
+            waiter, close = self.core.probed(slot, alive, now)
+            if not alive:
+                self.core.mark_suspect(now)  # as a failed validation: the older ones are checked
+            connects = self.core.plan_connects(now) if close else 0
+        if waiter is not None:
+            waiter.wake()
+        if close:
+            self._close_soon(slot.conn)
+        if connects:
+            self._spawn_connects(connects)
+        if error is not None and not isinstance(error, Exception):
+            raise error
+        if alive:
+            return ProbeResult(PROBE_OK, "ping", now - start)
+        if fired:
+            took = now - start
+            return ProbeResult(PROBE_TIMEOUT, "ping", took, f"no answer to a ping within {took:.3g}s")
+        if error is not None:
+            return ProbeResult(PROBE_FAILED, "ping", now - start, describe_error(error))
+        return None
+
+    def _probe_connect(self, rt: Runtime, start: float, deadline: float) -> ProbeResult:
+        """Open one connection for a probe (it joins the pool) and wait for it until ``deadline``."""
+        with self._lock:
+            since = self._probe_since
+            refused = self.core.reserve_probe_connect() if since is None else None
+            if since is None and refused is None:
+                self._probe_since = start
+            generation = self._generation
+        if since is not None:
+            took = self._clock() - start
+            busy = f"the connect of an earlier probe, started {start - since:.3g}s ago, has not finished"
+            return ProbeResult(PROBE_TIMEOUT, "connect", took, busy)
+        if refused is not None:
+            return ProbeResult(PROBE_SKIPPED, "none", self._clock() - start, refused)
+        done = rt.new_waiter(start)
+        outcome: list[BaseException | None] = []
+        ref = weakref.ref(self)
+        budget = max(deadline - self._clock(), 0.0)
+
+        def job() -> None:
+            try:
+                outcome.append(_probe_open(ref, generation, deadline))
+            finally:
+                done.error = _PROBE_DONE  # the waiter contract: woken once slot or error is set
+                done.wake()
+
+        if not self._submit_job(job):
+            with self._lock:  # stopped in between: give the reservation back
+                self.core.pending -= 1
+                self._probe_since = None
+            return ProbeResult(PROBE_SKIPPED, "none", self._clock() - start, "pool stopped")
+        woken = done.wait(budget)
+        took = self._clock() - start
+        if not woken or not outcome:
+            return ProbeResult(PROBE_TIMEOUT, "connect", took, f"no connection within {budget:.3g}s")
+        error = outcome[0]
+        if error is not None:
+            return ProbeResult(PROBE_FAILED, "connect", took, describe_error(error))
+        return ProbeResult(PROBE_OK, "connect", took)
+
+    def _probe_opened(self, generation: int, deadline: float) -> BaseException | None:
+        """The probe's connect, through the pool's own path (no retries); the error, if it failed.
+
+        Read from the counters around it: a connect of the pool's own that ends at
+        the same moment can blur which one failed, never whether the database answers.
+        """
+        with self._lock:
+            created = self.core.counters[S.CONNECTIONS_CREATED]
+            failed = self.core.counters[S.CONNECTIONS_FAILED]
+        try:
+            self._open_one(generation, self.config.retry_attempts + 1, deadline)
+        finally:
+            with self._lock:
+                self._probe_since = None
+        with self._lock:
+            core = self.core
+            counters = core.counters
+            if counters[S.CONNECTIONS_CREATED] > created or counters[S.CONNECTIONS_FAILED] == failed:
+                return None
+            return core.last_connect_error or RuntimeError("connect failed")
 
     def stats(self) -> S.PoolStats:
         """A consistent snapshot of gauges, counters and wait percentiles."""
@@ -896,3 +1082,17 @@ def _connect(ref: weakref.ref[PoolEngine[Any]], generation: int, attempt: int, d
     engine = ref()
     if engine is not None:
         engine._open_one(generation, attempt, deadline)
+
+
+class _ProbeDone(Exception):
+    """Marks a probe's connect as finished on the waiter it wakes (never raised)."""
+
+
+_PROBE_DONE = _ProbeDone()
+
+
+def _probe_open(ref: weakref.ref[PoolEngine[Any]], generation: int, deadline: float) -> BaseException | None:
+    engine = ref()
+    if engine is None:
+        return RuntimeError("pool gone")
+    return engine._probe_opened(generation, deadline)

@@ -59,6 +59,34 @@ class ConfigError(ValueError):
         super().__init__(f"invalid pool setting {field}={value!r}{where}: {reason}")
 
 
+class SecretError(ConfigError):
+    """A secret could not be had: a ``{env:}``/``{file:}`` placeholder, a URL key, an encrypted URL.
+
+    A :class:`ConfigError` (raised at construction, or at a connect when a
+    secret disappeared later) whose message names what failed and where --
+    the placeholder, the variable, the key file -- and never the secret, the
+    key or the token themselves. ``value`` is the placeholder text or None.
+    """
+
+    def __init__(self, field: str, value: str | None, reason: str, *, source: str | None = None) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        self.source = source
+        where = f" ({source})" if source else ""
+        what = f"{value} in {field}" if value else field
+        ValueError.__init__(self, f"{what}{where}: {reason}")
+
+    def __reduce__(self) -> Any:
+        return _rebuild_secret_error, (type(self), self.field, self.value, self.reason, self.source)
+
+
+def _rebuild_secret_error(
+    cls: type[SecretError], field: str, value: str | None, reason: str, source: str | None
+) -> SecretError:
+    return cls(field, value, reason, source=source)
+
+
 class PoolError(Exception):
     """Base of the pool's own runtime errors (not of the driver's)."""
 

@@ -11,8 +11,9 @@ exception types, and (for asyncio) the event loop as the engine's runtime.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import event
@@ -26,6 +27,7 @@ from .config import PoolConfig, from_pool_arguments
 from .core import PoolCore
 from .engine import SLOT_ATTR, PoolEngine, Runtime
 from .errors import describe_error
+from .health import HealthChecker, checker_for
 from .sa_errors import SQLALCHEMY_ERRORS
 from .sched import Housekeeper
 from .sched_asyncio import checkout_on_loop
@@ -150,6 +152,14 @@ class SmartPool(Pool):
     -> ``max_lifetime``, ``pool_pre_ping`` -> ``validate_on_checkout``,
     ``pool_use_lifo`` -> ``reuse``.
 
+    The operator's layers apply on top of the code's, as with the
+    ``smartpool`` plugin: the settings file named by ``SMARTPOOL_CONFIG_FILE``,
+    then ``SMARTPOOL_*`` variables (of ``environ``, ``os.environ`` by default;
+    ``environ={}`` ignores them). Without ``pool_config`` the defaults are
+    those of the dialect's backend (:data:`~.config.BACKEND_DEFAULTS`).
+    ``{env:NAME}`` / ``{file:PATH}`` placeholders in the URL are resolved at
+    every connect (:mod:`~.urltemplate`).
+
     Background work (prewarm to ``min_size``, growth, shrinking, lifetimes)
     starts at the first checkout or at :meth:`wait` -- not in the constructor,
     because ``create_engine`` attaches the dialect's connect hooks only after
@@ -200,6 +210,7 @@ class SmartPool(Pool):
         dialect: Any = None,
         _dispatch: Any = None,
         clock: Callable[[], float] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         given = {
             k: v
@@ -217,7 +228,14 @@ class SmartPool(Pool):
             "use_lifo": use_lifo,
         }
         sa_given = {k: v for k, v in sa_given.items() if v is not _UNSET}
-        self._config = from_pool_arguments(pool_config, given, sa_given)
+        real_dialect = dialect is not None and not isinstance(dialect, _ConnDialect)
+        self._config = from_pool_arguments(
+            pool_config,
+            given,
+            sa_given,
+            environ=os.environ if environ is None else environ,
+            backend=getattr(dialect, "name", None) if real_dialect else None,
+        )
         Pool.__init__(
             self,
             creator,
@@ -233,11 +251,12 @@ class SmartPool(Pool):
         self._check_dialect(dialect)
         self._clock: Callable[[], float] = clock or time.monotonic
         self._pool_name = self._config.name or f"0x{id(self):x}"
-        real_dialect = not isinstance(self._dialect, _ConnDialect)
         # without a dialect (a bare pool) there is no ping, only a validation_query
         can_validate = self._config.validation_query is not None or real_dialect
         if real_dialect and self._config.connect_timeout is not None:
             drivers.install_connect_timeout(self._dialect, self._config.connect_timeout)
+        if real_dialect:
+            drivers.install_url_templates(self._dialect)
         if real_dialect and self._config.leak_detection_threshold is not None:
             drivers.install_statement_hook(self._dialect, _note_statement)
         # recreate() copies the old pool's listeners (``_dispatch``): add it once
@@ -304,6 +323,19 @@ class SmartPool(Pool):
         """Checkouts held longer than ``leak_detection_threshold``, oldest first."""
         return self._engine.suspected_leaks()
 
+    def health_check(self, timeout: float = 1.0, *, cache_for: float = 1.0) -> dict[str, Any]:
+        """Does the database answer? ``ok`` / ``degraded`` / ``down``, reasons and key stats.
+
+        Pings one idle connection (or opens one) within ``timeout`` seconds and
+        judges it with the breaker, saturation and suspected leaks; a report
+        younger than ``cache_for`` seconds is returned instead of probing again
+        (see :mod:`sqlalchemy_smartpool.health`). Probes only when called.
+        """
+        return self._health_checker().check(timeout, cache_for=cache_for)
+
+    def _health_checker(self) -> HealthChecker:
+        return checker_for(self, lambda: self._engine, pool_kind="sqlalchemy")
+
     def close(self) -> None:
         """Close for good: fail waiters, close idle connections, stop background work.
 
@@ -348,6 +380,7 @@ class SmartPool(Pool):
             _dispatch=self.dispatch,
             dialect=self._dialect,
             clock=self._clock if self._clock is not time.monotonic else None,
+            environ={},  # the config already holds the file's, environment's and URL's settings
         )
 
     def _do_get(self) -> _ConnectionRecord:  # replaced per instance by the engine's checkout
@@ -419,3 +452,14 @@ class AsyncSmartPool(SmartPool):
         from .greenlets import spawn
 
         await spawn(self._engine.wait_ready, timeout)
+
+    async def health_check(  # type: ignore[override]
+        self, timeout: float = 1.0, *, cache_for: float = 1.0
+    ) -> dict[str, Any]:
+        """:meth:`SmartPool.health_check`, awaited on the pool's event loop."""
+        return await self._health_checker().acheck(timeout, cache_for=cache_for)
+
+    def _health_checker(self) -> HealthChecker:
+        from .greenlets import spawn
+
+        return checker_for(self, lambda: self._engine, pool_kind="sqlalchemy", spawn=spawn)

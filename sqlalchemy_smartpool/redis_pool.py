@@ -32,15 +32,17 @@ import redis.asyncio.connection as aio_connection
 from redis import connection as sync_connection
 from redis import exceptions as redis_exc
 from redis._parsers import Encoder
+from redis.credentials import CredentialProvider
 
-from . import forks, leaks
+from . import forks, leaks, urltemplate
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
-from .engine import SLOT_ATTR, PoolEngine, Runtime
+from .engine import SLOT_ATTR, Pending, PoolEngine, Runtime
 from .errors import ConfigError
+from .health import HealthChecker, checker_for
 from .redis_errors import REDIS_ERRORS
 from .sched import Housekeeper
-from .sched_asyncio import checkout_on_loop
+from .sched_asyncio import check_on_loop
 
 #: on every connection we open: the backend (and so the engine, and the process) it belongs to
 OWNER_ATTR = "_smartpool_owner"
@@ -64,7 +66,10 @@ _parse_url: Callable[[str], dict[str, Any]] = sync_connection.parse_url
 
 
 def split_kwargs(
-    kwargs: Mapping[str, Any], *, url_query: Mapping[str, Any] | None = None
+    kwargs: Mapping[str, Any],
+    *,
+    url_query: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[PoolConfig, dict[str, Any]]:
     """Separate pool settings from connection kwargs; returns (config, connection kwargs).
 
@@ -72,7 +77,10 @@ def split_kwargs(
     ``pool_config=``; redis-py's pool arguments ``max_connections`` (-> ``max_size``)
     and ``timeout`` (``BlockingConnectionPool``'s wait; ``None`` = wait for ever ->
     ``acquire_timeout``). ``queue_class`` is accepted and ignored (the engine's
-    ``reuse`` decides). Everything else goes to the connection class.
+    ``reuse`` decides). Everything else goes to the connection class. The layers
+    are the SQLAlchemy pools': defaults (``redis``'s) < ``pool_config`` < keywords
+    < the settings file and ``SMARTPOOL_*`` variables of ``environ`` (none if None)
+    < ``url_query``.
     """
     rest = dict(kwargs)
     base = rest.pop("pool_config", None)
@@ -110,7 +118,7 @@ def split_kwargs(
             "leave it unset or pass MaintNotificationsConfig(enabled=False)",
             source="keyword",
         )
-    config = from_pool_arguments(base, given, {}, url_query=url_query)
+    config = from_pool_arguments(base, given, {}, url_query=url_query, environ=environ, backend="redis")
     if (
         config.connect_timeout is not None
         and rest.get("socket_connect_timeout") is None
@@ -123,7 +131,10 @@ def split_kwargs(
 def _url_kwargs(url: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """redis-py's ``from_url`` merge (URL options win), with the pool settings of the query
     (``smartpool_<setting>`` or a bare setting name) split off, to be parsed as text."""
-    options: dict[str, Any] = _parse_url(url)
+    safe, restore = urltemplate.protect(url)  # {env:REDIS_HOST} would not survive the URL parser
+    options: dict[str, Any] = {
+        k: restore(v) if isinstance(v, str) else v for k, v in _parse_url(safe).items()
+    }
     query = {k: options.pop(k) for k in list(options) if k.startswith("smartpool_")}
     for k in list(options):  # ?max_size=9: a pool setting, as text, spelled without the prefix
         if k in POOL_KEYWORDS or k.startswith("breaker_"):
@@ -131,6 +142,47 @@ def _url_kwargs(url: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[
     if "connection_class" in kwargs:
         options["connection_class"] = kwargs["connection_class"]
     return {**kwargs, **options}, query
+
+
+class TemplatedCredentials(CredentialProvider):
+    """``username`` / ``password`` with ``{env:}`` / ``{file:}`` placeholders, resolved at each AUTH.
+
+    redis-py asks its credential provider whenever a connection (re)connects,
+    also when it reconnects on its own after an error, so a rotated secret
+    file is used by the next one. Its repr shows no credentials.
+    """
+
+    def __init__(self, username: str | None, password: str | None) -> None:
+        self._username = username
+        self._password = password
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self._password or ""
+        if urltemplate.has_placeholders(password):
+            password = urltemplate.resolve(password, where="redis password")
+        username = self._username or ""
+        if urltemplate.has_placeholders(username):
+            username = urltemplate.resolve(username, where="redis username")
+        return (username, password) if username else (password,)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def _templated(conn_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Check the placeholders of the connection kwargs now (fail early, naming them); templated
+    credentials become a :class:`TemplatedCredentials` provider, read at each AUTH."""
+    for key in urltemplate.templated_keys(conn_kwargs):
+        urltemplate.check(conn_kwargs[key], where=f"redis connection argument {key}")
+    creds = [k for k in ("username", "password") if urltemplate.has_placeholders(conn_kwargs.get(k))]
+    if creds and conn_kwargs.get("credential_provider") is None:
+        conn_kwargs = dict(conn_kwargs)
+        username, password = conn_kwargs.pop("username", None), conn_kwargs.pop("password", None)
+        conn_kwargs["credential_provider"] = TemplatedCredentials(username, password)
+    return conn_kwargs
 
 
 def _is_permanent(err: BaseException) -> bool:
@@ -196,11 +248,40 @@ class _SyncBackend:
         return bool(conn.can_read())
 
     def open(self) -> Any:
-        conn = self._cls(**self._kwargs)
-        self._await(conn.connect())
+        kwargs = self._kwargs
+        if urltemplate.templated_keys(kwargs):  # {env:}/{file:} in host, db, ...: read at each connect
+            kwargs = urltemplate.resolve_kwargs(kwargs, where="redis connection argument {key}")
+        conn = self._cls(**kwargs)
+        user = conn.socket_timeout
+        bound = conn.socket_connect_timeout  # yours, or connect_timeout (see split_kwargs)
+        if bound is None or (user is not None and user <= bound):
+            self._await(conn.connect())
+        else:
+            # redis-py reads the handshake (HELLO, AUTH, SELECT, CLIENT SETNAME) with
+            # socket_timeout, by default none: a black-holed host would hang this connect
+            # for ever, and the breaker never hear of it. Bound it as the TCP connect is.
+            conn.socket_timeout = bound
+            try:
+                self._await(conn.connect())
+            finally:
+                conn.socket_timeout = user
+                self._restore_timeout(conn, user)
         setattr(conn, OWNER_ATTR, self)
         setattr(conn, _WIRE_ATTR, self._wire(conn))
         return conn
+
+    @staticmethod
+    def _restore_timeout(conn: Any, timeout: float | None) -> None:
+        """The socket and the parser's buffer copied the handshake's bound: give them the user's."""
+        sock = conn._sock
+        if sock is not None:
+            sock.settimeout(timeout)
+        parser = conn._parser
+        buffer = getattr(parser, "_buffer", None)
+        if buffer is not None and hasattr(buffer, "socket_timeout"):  # the Python parser
+            buffer.socket_timeout = timeout
+        if hasattr(parser, "_socket_timeout"):  # hiredis
+            parser._socket_timeout = timeout
 
     def close(self, conn: Any, reason: BaseException | None = None) -> None:
         self._await(conn.disconnect())
@@ -270,7 +351,10 @@ class _PoolBase:
 
     def __init__(self, connection_class: Any, **kwargs: Any) -> None:
         url_query = kwargs.pop("_url_query", None)
-        config, conn_kwargs = split_kwargs(kwargs, url_query=url_query)
+        environ = kwargs.pop("environ", None)
+        environ = os.environ if environ is None else environ
+        config, conn_kwargs = split_kwargs(kwargs, url_query=url_query, environ=environ)
+        conn_kwargs = _templated(conn_kwargs)
         if conn_kwargs.get("himport_registry") is None:
             registry_cls = _himport_registry()
             if registry_cls is not None:  # redis-py >= 8.1 shares one registry across connections
@@ -429,6 +513,10 @@ class _PoolBase:
         """Open connections (idle + in use)."""
         return self._engine.core.size
 
+    def _health_checker(self) -> HealthChecker:
+        spawn = getattr(self, "_spawn", None)  # the asyncio pool's greenlet bridge
+        return checker_for(self, lambda: self._engine, pool_kind=self.pool_kind, spawn=spawn)
+
     def _owned_slot(self, connection: Any) -> Any:
         """The slot of a connection this pool's current engine handed out, else None."""
         owner = getattr(connection, OWNER_ATTR, None)
@@ -457,7 +545,11 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
     :class:`PoolConfig` field is a keyword (``pool_config=`` too); redis-py's
     ``max_connections`` means ``max_size`` and ``BlockingConnectionPool``'s
     ``timeout`` means ``acquire_timeout``; all other keywords go to
-    ``connection_class`` as with redis-py. Callers wait (FIFO, up to
+    ``connection_class`` as with redis-py. The settings file
+    (``SMARTPOOL_CONFIG_FILE``) and ``SMARTPOOL_*`` variables apply on top, as
+    for SmartPool (``environ={}`` ignores them); ``{env:NAME}`` /
+    ``{file:PATH}`` placeholders in the URL or keywords are read at every
+    connect. Callers wait (FIFO, up to
     ``acquire_timeout``) when all connections are busy, as with
     ``BlockingConnectionPool``; a timeout raises :class:`~.redis_errors.RedisPoolTimeout`,
     a ``redis.ConnectionError``.
@@ -515,6 +607,13 @@ class SmartRedisPool(_PoolBase, sync_connection.ConnectionPoolInterface):
         self._checkpid()
         self._engine.wait_ready(timeout)
 
+    def health_check(self, timeout: float = 1.0, *, cache_for: float = 1.0) -> dict[str, Any]:
+        """Does Redis answer? ``ok`` / ``degraded`` / ``down``, reasons and key stats: one idle
+        connection PINGed (or one opened) within ``timeout``, cached for ``cache_for`` seconds
+        (see :mod:`sqlalchemy_smartpool.health`). Probes only when called."""
+        self._checkpid()
+        return self._health_checker().check(timeout, cache_for=cache_for)
+
     def __enter__(self) -> SmartRedisPool:
         return self
 
@@ -531,6 +630,22 @@ def _aio_closed(conn: Any) -> bool:
     return reader is None or reader.at_eof() or bool(getattr(reader, "_buffer", b""))
 
 
+def _aio_unread(conn: Any) -> bool:
+    """What redis-py's asyncio ``can_read()`` looks at -- the parser's buffer (or
+    hiredis' reader), the stream's buffer and EOF -- read without awaiting, so a
+    release needs no greenlet. A closed parser counts as unread data: not reusable."""
+    parser = conn._parser
+    if not getattr(parser, "_connected", True):
+        return True
+    if getattr(parser, "_buffer", None):
+        return True
+    reader = getattr(parser, "_reader", None)
+    has_data = getattr(reader, "has_data", None)
+    if has_data is not None and has_data():
+        return True
+    return _aio_closed(conn)
+
+
 class _AsyncBackend(_SyncBackend):
     """The engine's Backend for ``redis.asyncio.Connection``: the same calls, each awaited
     from the engine's greenlet (``await_``); only the wire and the socket differ."""
@@ -538,12 +653,15 @@ class _AsyncBackend(_SyncBackend):
     def _wire(self, conn: Any) -> Any:
         return conn._writer
 
+    @staticmethod
+    def _restore_timeout(conn: Any, timeout: float | None) -> None:
+        """redis.asyncio reads ``socket_timeout`` at each read: nothing else kept a copy."""
+
     def same_wire(self, conn: Any) -> bool:
         return super().same_wire(conn) and bool(conn.is_connected)
 
     def _can_read(self, conn: Any) -> bool:
-        check = getattr(conn, "can_read", None) or conn.can_read_destructive
-        return bool(self._await(check()))
+        return _aio_unread(conn)
 
     def socket_fd(self, conn: Any) -> int | None:
         writer = conn._writer
@@ -588,19 +706,33 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
 
         return loop_runtime(name, self._clock)
 
-    def _checkout(self) -> Any:
-        return checkout_on_loop(self._engine)
-
     # -- redis.asyncio's pool API ------------------------------------------------------
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        """A connected connection (legacy command-name arguments are ignored)."""
+        """A connected connection (legacy command-name arguments are ignored).
+
+        An idle connection that needs no ping is taken without entering a greenlet;
+        only a wait, a ping or a connect runs the engine's blocking-style code in one.
+        """
         self._checkpid()
-        return await self._spawn(self._checkout)
+        engine = self._engine
+        check_on_loop(engine)
+        got = engine.checkout_nowait()
+        if got.__class__ is Pending:
+            return await self._spawn(got.finish)
+        return got
 
     async def release(self, connection: Any) -> None:
+        """Take a connection back; the look at it and the return never block, so no
+        greenlet either -- unless the pool's tasks have stopped and a close must happen here."""
         self._checkpid()
-        await self._spawn(self._return, connection)
+        owner = getattr(connection, OWNER_ATTR, None)  # its engine: ours, or one reset() replaced
+        engine = owner.engine if owner is not None else None
+        rt = engine._rt if engine is not None else None
+        if rt is not None and rt.alive:
+            self._return(connection)
+        else:
+            await self._spawn(self._return, connection)
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         """Close idle connections (and by default those in use); the pool stays usable
@@ -629,6 +761,11 @@ class AsyncSmartRedisPool(_PoolBase, aio_connection.ConnectionPoolInterface):
         """Start the pool and wait until ``min_size`` connections are open (prewarm)."""
         self._checkpid()
         await self._spawn(self._engine.wait_ready, timeout)
+
+    async def health_check(self, timeout: float = 1.0, *, cache_for: float = 1.0) -> dict[str, Any]:
+        """:meth:`SmartRedisPool.health_check`, awaited on the pool's event loop."""
+        self._checkpid()
+        return await self._health_checker().acheck(timeout, cache_for=cache_for)
 
     async def __aenter__(self) -> AsyncSmartRedisPool:
         return self

@@ -183,12 +183,17 @@ def runtime_on_running_loop(
     return LoopRuntime(name, loop=loop, spawn=spawn, await_=await_, clock=clock)
 
 
-def checkout_on_loop(engine: Any) -> Any:
-    """``engine.checkout()``, refused with ``WrongEventLoop`` from another loop than the
-    runtime's (one identity test on the hot path; the story only when it fails)."""
+def check_on_loop(engine: Any) -> None:
+    """Refuse (``WrongEventLoop``) a caller on another loop than the engine's runtime
+    (one identity test on the hot path; the story only when it fails)."""
     rt = engine._rt
     if isinstance(rt, LoopRuntime) and _get_running_loop() is not rt.loop:
         rt.check_caller()
+
+
+def checkout_on_loop(engine: Any) -> Any:
+    """``engine.checkout()`` after :func:`check_on_loop` (from a greenlet: it may await)."""
+    check_on_loop(engine)
     return engine.checkout()
 
 

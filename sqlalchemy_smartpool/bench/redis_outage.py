@@ -222,8 +222,9 @@ def trial(opts: Options) -> Trial:
         "blocked_share = share of the threads' outage time spent in them (1.0 = every thread hung the "
         f"whole outage); failed_fast = an error in < {HUNG:g}s; latencies are of requests that ended "
         "during the outage; breaker_open_s = from the outage to SmartRedisPool's breaker opening "
-        "(nan: it never opened; a connect to a black-holed host does not fail, it hangs in redis-py's "
-        "handshake after the TCP connect, which waits on socket_timeout, unset here)",
+        "(nan: it never opened); against a black hole the TCP connect succeeds and redis-py's handshake "
+        "waits on socket_timeout (unset here): SmartRedisPool bounds it by socket_connect_timeout, "
+        "redis-py's pools do not",
         "recovery_16_ok_s = until 16 requests started after the return had succeeded; pool_refilled_s = "
         "until SmartRedisPool was back at min_size (nan for BlockingConnectionPool: it connects on demand)",
     ]

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.pool import Pool
 
 from .. import stats as S
+from ..health import FAILURE_COUNTERS, OK, FailureTrend, assess
 from ..stats import PoolStats
 
 if TYPE_CHECKING:
@@ -55,9 +56,6 @@ GAUGES: tuple[str, ...] = (
     S.POOL_MIN,
     S.POOL_MAX,
 )
-
-#: Checkout failures a caller saw; any increase marks the pool "degraded" in :func:`health`.
-_FAILURE_COUNTERS = (S.TIMEOUTS, S.REJECTED_FULL)
 
 _LAZY = {"StatsdMetrics": (".statsd", "statsd"), "PrometheusCollector": (".prometheus", "prometheus")}
 
@@ -208,59 +206,53 @@ def _call_int(pool: Any, method: str) -> int | None:
 # ---------------------------------------------------------------------------- health
 
 
-@dataclasses.dataclass
-class _Trend:
-    failures: int
-    last_increase: float
-
-
-_trends: weakref.WeakKeyDictionary[Any, _Trend] = weakref.WeakKeyDictionary()
+_trends: weakref.WeakKeyDictionary[Any, FailureTrend] = weakref.WeakKeyDictionary()
 _trends_lock = threading.Lock()
 
 
 def health(target: Any, *, degraded_for: float = 60.0) -> dict[str, Any]:
-    """A JSON-serialisable health report of a pool (or an engine's pool), for a health endpoint.
+    """A JSON-serialisable health report of a pool (or an engine's pool) from its state alone.
 
-    ``status`` is ``"down"`` while the circuit breaker is open or half-open
-    (checkouts that need a new connection fail fast); ``"degraded"`` while
-    requests queue for a connection, or for ``degraded_for`` seconds after a
-    checkout timed out or was turned away by ``max_waiting`` (seen as an
-    increase since the previous ``health()`` call on the same pool; the first
-    call only takes the baseline); else ``"ok"``. Pools without ``stats()``
-    report ``"ok"`` with their gauges. The report holds the pool's name, its
-    class, its kind (``"sqlalchemy"`` or ``"redis"``) and stats -- never the URL.
+    Passive: it never talks to the database, so it cannot see a server that
+    hangs. ``pool.health_check()`` (and the HTTP endpoints of
+    :mod:`sqlalchemy_smartpool.web`) add an active probe; both judge with
+    :func:`sqlalchemy_smartpool.health.assess`. ``status`` is ``"down"`` while
+    the circuit breaker is open or half-open (checkouts that need a new
+    connection fail fast) or the pool is closed; ``"degraded"`` while requests
+    queue for a connection, while the wait p99 is half of ``acquire_timeout`` or
+    more, while connections are suspected leaks, or for ``degraded_for``
+    seconds after a checkout timed out or was turned away by ``max_waiting``
+    (seen as an increase since the previous ``health()`` call on the same
+    pool; the first call only takes the baseline); else ``"ok"``. Pools
+    without ``stats()`` report ``"ok"`` with their gauges. The report holds the
+    pool's name, its class, its kind (``"sqlalchemy"`` or ``"redis"``) and
+    stats -- never the URL.
     """
     pool = resolve_pool(target)
     snap = read_pool(pool)
-    now = time.monotonic()
-    down: list[str] = []
-    degraded: list[str] = []
-    state = snap.breaker_state
-    if state is not None and state != "closed":
-        down.append(f"circuit breaker {state}")
-    waiting = snap.gauges.get(S.REQUESTS_WAITING, 0)
-    if waiting:
-        degraded.append(f"{waiting} request(s) waiting for a connection")
-    if snap.counters is not None:
-        failures = sum(snap.counters.get(k, 0) for k in _FAILURE_COUNTERS)
+    status, reasons = OK, list[str]()
+    if snap.stats is not None:
+        failures = sum(snap.counters.get(k, 0) for k in FAILURE_COUNTERS) if snap.counters else 0
         with _trends_lock:
             trend = _trends.get(pool)
             if trend is None:
-                trend = _trends[pool] = _Trend(failures, float("-inf"))
-            elif failures > trend.failures:
-                trend.failures = failures
-                trend.last_increase = now
-            recent = now - trend.last_increase < degraded_for
-        if recent:
-            degraded.append(f"checkouts timed out or were rejected in the last {degraded_for:g}s")
-    status = "down" if down else "degraded" if degraded else "ok"
+                trend = _trends[pool] = FailureTrend()
+            recent = trend.recent(failures, degraded_for)
+        leaks = getattr(pool, "suspected_leaks", None)
+        status, reasons = assess(
+            snap.stats,
+            acquire_timeout=getattr(getattr(pool, "config", None), "acquire_timeout", None),
+            leaks=len(leaks()) if callable(leaks) else 0,
+            failures_recent=recent,
+            degraded_for=degraded_for,
+        )
     return {
         "status": status,
-        "reasons": down + degraded,
+        "reasons": reasons,
         "pool": pool_name(pool) or (snap.stats.name if snap.stats is not None else None),
         "pool_class": type(pool).__name__,
         "pool_kind": pool_kind(pool),
-        "breaker_state": state,
+        "breaker_state": snap.breaker_state,
         "stats": snap.as_dict(),
         "checked_at": time.time(),
     }

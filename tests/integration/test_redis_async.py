@@ -11,7 +11,8 @@ import redis
 import redis.asyncio as aioredis
 
 from sqlalchemy_smartpool import AsyncSmartRedisPool
-from sqlalchemy_smartpool.errors import AcquireTimeout, PoolClosedError, WrongEventLoop
+from sqlalchemy_smartpool.errors import AcquireTimeout, CircuitOpen, PoolClosedError, WrongEventLoop
+from sqlalchemy_smartpool.testing import FaultMode, FaultProxy
 
 from ._services import HOST, REDIS_PORT, require_redis
 
@@ -162,3 +163,100 @@ def test_closed_pool_and_other_loop() -> None:
 
     asyncio.run(first())
     asyncio.run(other_loop())
+
+
+def test_idle_checkout_and_release_enter_no_greenlet() -> None:
+    """The usual cycle -- an idle connection inside the bypass window, returned clean --
+    runs without the greenlet bridge (it cost 13 us per cycle); waits and pings use it."""
+
+    async def body(pool: AsyncSmartRedisPool, name: str) -> None:
+        r = aioredis.Redis(connection_pool=pool)
+        assert await r.ping()  # opens one connection (through a greenlet)
+        entered: list[Any] = []
+        spawn = pool._spawn
+
+        def counting(fn: Any, *args: Any) -> Any:
+            entered.append(fn)
+            return spawn(fn, *args)
+
+        pool._spawn = counting  # type: ignore[method-assign]
+        for _ in range(50):
+            conn = await pool.get_connection()
+            await pool.release(conn)
+        assert await r.set(f"{name}:k", "v")
+        assert entered == []
+        # a connection with unread data is still caught on release, greenlet-free
+        conn = await pool.get_connection()
+        await conn.send_command("GET", f"{name}:k")
+        assert await until(lambda: bool(conn._reader._buffer), 2.0)  # type: ignore[union-attr]
+        await pool.release(conn)
+        assert pool.stats().counters["connections_invalidated"] == 1
+        assert entered == []
+        # the replacement is opened and handed over through the engine's slow path
+        assert await r.get(f"{name}:k") == b"v"
+        assert entered
+
+    run(body, min_size=1, max_size=1, validation_interval=60.0)
+
+
+def test_black_holed_host_opens_the_breaker() -> None:
+    """asyncio twin of the sync test: the handshake is bounded by connect_timeout."""
+
+    async def main() -> None:
+        require_redis()
+        with FaultProxy(HOST, REDIS_PORT) as proxy:
+            pool = AsyncSmartRedisPool(
+                host=HOST,
+                port=proxy.port,
+                min_size=1,
+                max_size=3,
+                acquire_timeout=2.0,
+                connect_timeout=0.3,
+                validation_timeout=0.3,
+                retry_attempts=0,
+                breaker_failure_threshold=2,
+                breaker_backoff_initial=0.1,
+                breaker_backoff_max=0.3,
+            )
+            r = aioredis.Redis(connection_pool=pool)
+            try:
+                assert await r.ping()
+                proxy.mode = FaultMode.BLACKHOLE
+                proxy.reset_all()
+                loop = asyncio.get_running_loop()
+                errors: list[BaseException] = []
+                slowest = 0.0
+                down = loop.time()
+                deadline = down + 15
+                while loop.time() < deadline:
+                    t0 = loop.time()
+                    try:
+                        await r.ping()
+                    except redis.ConnectionError as err:
+                        errors.append(err)
+                        if isinstance(err, CircuitOpen):
+                            break
+                    finally:
+                        slowest = max(slowest, loop.time() - t0)
+                assert errors and isinstance(errors[-1], CircuitOpen), errors[-3:]
+                # unbounded, redis-py's handshake held each connect ~10 s; bounded: < 1 s
+                assert loop.time() - down < 3.0, f"breaker opened after {loop.time() - down:.1f}s"
+                assert slowest < 3.0, f"a request took {slowest:.2f}s"
+                proxy.mode = FaultMode.PASS
+
+                async def recovered() -> bool:
+                    try:
+                        return bool(await r.ping())
+                    except redis.ConnectionError:
+                        return False
+
+                ok = False
+                while not ok and loop.time() < deadline + 10:
+                    ok = await recovered()
+                    if not ok:
+                        await asyncio.sleep(0.05)
+                assert ok and pool.stats().breaker_state == "closed"
+            finally:
+                await pool.aclose()
+
+    asyncio.run(main())

@@ -23,6 +23,7 @@ import redis
 from sqlalchemy_smartpool import SmartRedisPool
 from sqlalchemy_smartpool.errors import AcquireTimeout, CircuitOpen, PoolClosedError
 from sqlalchemy_smartpool.redis_errors import RedisCircuitOpenError, RedisPoolClosed, RedisPoolTimeout
+from sqlalchemy_smartpool.testing import FaultMode, FaultProxy
 
 from ._services import HOST, REDIS_PORT, require_redis
 from .conftest import wait_until
@@ -256,8 +257,16 @@ def test_release_interrupted_while_looking_loses_no_slot(
 def test_blocking_command_longer_than_validation_interval(
     make_pool: Callable[..., SmartRedisPool], name: str
 ) -> None:
-    pool = make_pool(max_size=2, validation_interval=0.1, keepalive_interval=0.2, housekeeping_interval=0.05)
+    # connect_timeout bounds the handshake only: the blocking commands below outlast it
+    pool = make_pool(
+        max_size=2,
+        validation_interval=0.1,
+        keepalive_interval=0.2,
+        housekeeping_interval=0.05,
+        connect_timeout=0.3,
+    )
     r = redis.Redis(connection_pool=pool)
+    assert r.ping()  # a release looked at the socket (redis-py's timeout-0 read)
     t0 = time.monotonic()
     assert r.blpop([f"{name}:empty"], timeout=1) is None
     assert time.monotonic() - t0 >= 0.9
@@ -461,3 +470,54 @@ def test_outage_opens_the_breaker_and_recovers(
     assert wait_until(recovered, 10)
     assert pool.stats().breaker_state == "closed"
     assert wait_until(lambda: len(clients_named(name, own_redis.port)) == pool.size(), 5)
+
+
+def test_black_holed_host_opens_the_breaker(make_pool: Callable[..., SmartRedisPool], name: str) -> None:
+    """A host that accepts TCP and never answers: redis-py would wait on the handshake for
+    ever (no socket_timeout); the pool bounds it by connect_timeout, so the breaker opens."""
+    with FaultProxy(HOST, REDIS_PORT) as proxy:
+        pool = make_pool(
+            port=proxy.port,
+            min_size=1,
+            max_size=3,
+            acquire_timeout=2.0,
+            connect_timeout=0.3,
+            validation_timeout=0.3,
+            retry_attempts=0,
+            breaker_failure_threshold=2,
+            breaker_backoff_initial=0.1,
+            breaker_backoff_max=0.3,
+        )
+        r = redis.Redis(connection_pool=pool)
+        assert r.ping()
+        proxy.mode = FaultMode.BLACKHOLE
+        proxy.reset_all()  # the host vanished: what was open is gone, new connects hang
+        errors: list[BaseException] = []
+        slowest = 0.0
+        down = time.monotonic()
+        deadline = down + 15
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            try:
+                r.ping()
+            except redis.ConnectionError as err:
+                errors.append(err)
+                if isinstance(err, CircuitOpen):
+                    break
+            finally:
+                slowest = max(slowest, time.monotonic() - t0)
+        assert errors and isinstance(errors[-1], RedisCircuitOpenError), errors[-3:]
+        # unbounded, redis-py's handshake held each connect ~10 s; bounded: < 1 s
+        opened = time.monotonic() - down
+        assert opened < 3.0, f"breaker opened {opened:.1f}s after the host vanished"
+        assert slowest < 2.0 + 1.0, f"a request took {slowest:.2f}s"  # acquire_timeout + slack
+        proxy.mode = FaultMode.PASS
+
+        def recovered() -> bool:
+            try:
+                return bool(r.ping())
+            except redis.ConnectionError:
+                return False
+
+        assert wait_until(recovered, 10)
+        assert pool.stats().breaker_state == "closed"

@@ -426,8 +426,11 @@ def test_sqlalchemy_pool_size_alone_keeps_queuepool_default_overflow() -> None:
 
 
 def test_sqlalchemy_unbounded_overflow_keeps_a_ceiling() -> None:
+    """SmartPool's default ceiling: the backend's (sqlite's 15 here), else 100."""
     config = _engine_config(poolclass=SmartPool, pool_size=4, max_overflow=-1)
-    assert (config.min_size, config.max_size) == (4, 100)
+    assert (config.min_size, config.max_size) == (4, 15)
+    bare = SmartPool(_creator, pool_size=4, max_overflow=-1, environ={})
+    assert (bare.config.min_size, bare.config.max_size) == (4, 100)
 
 
 @pytest.mark.parametrize(

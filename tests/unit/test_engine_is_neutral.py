@@ -26,6 +26,9 @@ NEUTRAL = (
     "backoff",
     "sched",
     "sched_asyncio",
+    "urltemplate",
+    "urlcrypt",
+    "health",
     "forks",
 )
 

@@ -161,13 +161,19 @@ def test_unknown_url_key_is_an_error_with_a_suggestion(url: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["SMARTPOOL_REQUIRE_SERVICES", "SMARTPOOL_PROFILE", "SMARTPOOL_URL_ENCRYPTED", "SMARTPOOL_CHAOS_SEED"],
+    [
+        "SMARTPOOL_REQUIRE_SERVICES",
+        "SMARTPOOL_URL_ENCRYPTED",  # used only by the stub URL smartpool://
+        "SMARTPOOL_URL_KEY",
+        "SMARTPOOL_CHAOS_SEED",
+        "SMARTPOOL_BENCH_REDIS_URL",
+    ],
 )
 def test_non_setting_env_variables_stay_allowed(
     url: str, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(name, "1")
-    assert config_of(url) == PoolConfig()
+    assert config_of(url) == PoolConfig(max_size=15, max_lifetime=None)  # sqlite's defaults
 
 
 # -- ranges, keywords, sources ------------------------------------------------------------
