@@ -29,6 +29,7 @@ NEUTRAL = (
     "urltemplate",
     "urlcrypt",
     "health",
+    "logs",
 )
 
 PROBE = """
