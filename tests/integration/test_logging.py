@@ -112,7 +112,12 @@ def test_a_3s_outage_through_the_proxy_is_a_warning_a_few_infos_and_an_end(
         pg_proxy.mode = FaultMode.PASS
         assert wait_until(lambda: bool(captured.events(logs.OUTAGE_ENDED, logs.ENGINE_LOGGER)), 10)
         assert wait_until(lambda: pool.stats().pool_size >= 2, 10)
-        main = [r for r in captured.records if r.name != AUDIT_LOGGER and r.levelno >= logging.INFO]
+        # the pool's own lines (SQLAlchemy's pool logger, a child of ours, logs its invalidations)
+        main = [
+            r
+            for r in captured.records
+            if r.name != AUDIT_LOGGER and r.levelno >= logging.INFO and hasattr(r, "event")
+        ]
     finally:
         engine.dispose()
         pool.close()
@@ -129,7 +134,7 @@ def test_a_3s_outage_through_the_proxy_is_a_warning_a_few_infos_and_an_end(
     assert len(captured.events(logs.OUTAGE_ENDED, logs.ENGINE_LOGGER)) == 1
     assert len(captured.events(logs.OUTAGE_STARTED, logs.ENGINE_LOGGER)) == 1
     assert len(steps) <= probes + 1  # at most one line per backoff step
-    assert len(main) <= 6, [r.getMessage() for r in main]  # was two INFO lines a second
+    assert len(main) <= 5, [r.getMessage() for r in main]  # was two INFO lines a probe
     (ended,) = captured.events(logs.OUTAGE_ENDED, logs.ENGINE_LOGGER)
     assert ended.failures >= failed_in_outage and 2.5 <= ended.duration_s <= 10  # type: ignore[attr-defined]
     assert captured.events(logs.OUTAGE_STARTED, AUDIT_LOGGER) and captured.events(

@@ -578,3 +578,15 @@ def test_on_an_event_loop_too_connects_carry_the_id_and_housekeeping_none() -> N
     asyncio.run(scenario())
     assert seen_connects == ["req-aio"]
     assert len(seen_ticks) >= 3 and set(seen_ticks) == {None}
+
+
+def test_a_pool_nobody_uses_writes_no_line(tmp_path: Path, captured: Capture) -> None:
+    from sqlalchemy_smartpool import SmartRedisPool
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'idle.db'}?plugin=smartpool", min_size=2)
+    rpool = SmartRedisPool(host="127.0.0.1", port=1, min_size=2)  # nothing listens there: never dialed
+    del engine, rpool
+    import gc
+
+    gc.collect()
+    assert captured.records == []
