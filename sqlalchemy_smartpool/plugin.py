@@ -42,6 +42,8 @@ class SmartPoolPlugin(CreateEnginePlugin):
         self._url = _from_stub(url, self._environ) if url.drivername == STUB_SCHEME else None
         real = self._url or url
         self._query = {k: v for k, v in real.query.items() if k.startswith(URL_PREFIX)}
+        #: the pool's name unless the code gives one (a placeholder is learnt resolved, at the first connect)
+        self._database = None if urltemplate.has_placeholders(real.database) else real.database
         check_placeholders(real)  # a missing secret fails at create_engine, naming the placeholder
         self._guard = _guard_settings(self._query, self._environ)  # takes its keys out of both
         # fail now, at create_engine(), even if the app then picks another pool class
@@ -62,6 +64,7 @@ class SmartPoolPlugin(CreateEnginePlugin):
         given = {k: pool_args.pop(k) for k in POOL_KEYWORDS if k in pool_args}
         sa_given = {k: pool_args.pop(k) for k in SA_POOL_ARGUMENTS if k in pool_args}
         dialect = pool_args.get("dialect")
+        drivers.note_database(dialect, self._database)
         pool_args["pool_config"] = from_pool_arguments(
             pool_args.pop("pool_config", None),
             given,

@@ -30,6 +30,7 @@ NEUTRAL = (
     "urlcrypt",
     "health",
     "forks",
+    "logs",
 )
 
 PROBE = """
