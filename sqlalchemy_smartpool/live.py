@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import logging
 import os
 import signal
 import threading
@@ -36,6 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import FrameType
 from typing import Any
 
+from . import logs
 from .config import (
     ENV_CONFIG_FILE,
     ENV_PREFIX,
@@ -47,14 +47,12 @@ from .config import (
 )
 from .errors import ConfigError, describe_error
 
-AUDIT_LOGGER = "sqlalchemy_smartpool.audit"
-_audit_log = logging.getLogger(AUDIT_LOGGER)
-logger = logging.getLogger("sqlalchemy_smartpool.live")
+AUDIT_LOGGER = logs.AUDIT_LOGGER
 
 #: Event names of the audit records this module's verbs write.
-CONFIG_CHANGED = "config_changed"
+CONFIG_CHANGED = logs.CONFIG_CHANGED
 CONFIG_RELOAD_FAILED = "config_reload_failed"
-CREDENTIALS_ROTATED = "credentials_rotated"
+CREDENTIALS_ROTATED = logs.CREDENTIALS_ROTATED
 DRAINED = "drained"
 PAUSED = "paused"
 RESUMED = "resumed"
@@ -63,12 +61,9 @@ POOL_RETIRED = "pool_retired"
 
 
 def audit(pool: str, event: str, message: str, **fields: Any) -> None:
-    """Log one operation on a pool to the audit logger (``extra``: pool, event, fields).
-
-    The only call site of the audit logger here, so switching to a structured
-    helper is a one-line change. Nothing passed in may hold a secret.
-    """
-    _audit_log.info(message, extra={"pool": pool, "event": event, **fields})
+    """Log one operation on a pool to the audit logger: ``pool <pool>: <message>``, with
+    ``pool``, ``event`` and ``fields`` in ``extra`` (:func:`~.logs.audit`). No secret in any."""
+    logs.audit(pool, event, "%s", message, **fields)
 
 
 # -- settings ----------------------------------------------------------------------------
@@ -136,13 +131,7 @@ def describe_changes(diff: Mapping[str, tuple[Any, Any]]) -> str:
 
 
 def audit_changes(pool: str, diff: Mapping[str, tuple[Any, Any]], source: str) -> None:
-    audit(
-        pool,
-        CONFIG_CHANGED,
-        f"pool {pool}: settings changed by {source}: {describe_changes(diff)}",
-        changes={k: [_plain(a), _plain(b)] for k, (a, b) in diff.items()},
-        source=source,
-    )
+    logs.config_changed(pool, {k: (_plain(a), _plain(b)) for k, (a, b) in diff.items()}, source=source)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -499,8 +488,8 @@ class SettingsWatch:
         except ConfigError as err:
             self.failures += 1
             self.last_error = err
-            audit(name, CONFIG_RELOAD_FAILED, f"pool {name}: settings not reloaded, nothing changed: {err}",
-                  source=self.source)  # fmt: skip
+            reason = f"settings not reloaded, nothing changed: {err}"
+            audit(name, CONFIG_RELOAD_FAILED, reason, source=self.source)
             return {}
         self._loaded = new
         if applied:
@@ -627,8 +616,8 @@ def swap_pool(target: Any, new: Any = None) -> Any:
     watch = getattr(old, "_settings_watch", None)
     if watch is not None and hasattr(replacement, "_engine") and getattr(replacement, "_layers", None):
         watch.attach(replacement)
-    audit(old_name, POOL_SWAPPED, f"pool {old_name}: replaced by pool {new_name}; it closes once its "
-          "checkouts are back", new_pool=new_name)  # fmt: skip
+    audit(old_name, POOL_SWAPPED, f"replaced by pool {new_name}; it closes once its checkouts are back",
+          new_pool=new_name)  # fmt: skip
     engine = getattr(old, "_engine", None)
     if engine is not None and hasattr(engine, "retire"):
         engine.retire()

@@ -21,18 +21,16 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnDialect, _ConnectionRecord
 
-from . import drivers, leaks, live
+from . import drivers, forks, leaks, live, logs
 from . import stats as S
 from .config import PoolConfig, from_pool_arguments
 from .core import PoolCore
-from .engine import SLOT_ATTR, PoolEngine, Runtime
+from .engine import CAUSE_ATTR, SLOT_ATTR, PoolEngine, Runtime
 from .errors import ConfigError, describe_error
 from .health import HealthChecker, checker_for
 from .sa_errors import SQLALCHEMY_ERRORS
 from .sched import Housekeeper
 from .sched_asyncio import checkout_on_loop
-
-logger = logging.getLogger("sqlalchemy_smartpool.pool")
 
 _UNSET: Any = object()
 
@@ -47,6 +45,13 @@ class _RecordBackend:
         self._ping_opens_transaction = drivers.ping_opens_transaction(pool._dialect)
 
     def open(self) -> _ConnectionRecord:
+        try:
+            return self._open()
+        finally:  # the connect arguments named the database (or failed to): before any log line
+            if not self._pool._name_known:
+                self._pool._learn_name()
+
+    def _open(self) -> _ConnectionRecord:
         source = self._pool._credentials
         if source is None:
             return _ConnectionRecord(self._pool)
@@ -60,11 +65,10 @@ class _RecordBackend:
                 if attempt == 2 or used is None or not self.is_permanent(err) or not source.refused(*used):
                     raise
                 # a cached password the server no longer takes (rotated): once with a fresh one
-                logger.info(
-                    "pool %s: connect refused with cached credentials (%s); retrying with fresh ones",
-                    self._pool._pool_name,
-                    describe_error(err),
-                )
+                cause = describe_error(err)
+                logs.event(logging.getLogger(logs.POOL_LOGGER), logging.INFO, self._pool._pool_name,
+                           "credentials_refused", "connect refused with cached credentials (%s); retrying "
+                           "once with fresh ones", cause, cause=cause)  # fmt: skip
         raise AssertionError("unreachable")
 
     def close(self, conn: _ConnectionRecord, reason: BaseException | None = None) -> None:
@@ -104,7 +108,7 @@ class _RecordBackend:
         except Exception as err:
             if judged or not self._is_disconnect(err, dbapi_conn):
                 raise
-            logger.info("pool %s: validation failed: %s", self._pool._pool_name, describe_error(err))
+            setattr(conn, CAUSE_ATTR, describe_error(err))  # for the engine's validation_failed line
             return False
 
     def _is_disconnect(self, err: BaseException, dbapi_conn: Any) -> bool:
@@ -136,6 +140,26 @@ class _RecordBackend:
 
     def server_limit(self, conn: _ConnectionRecord) -> int | None:
         return drivers.server_connection_limit(self._dialect, conn.dbapi_connection)
+
+    def forget(self, conn: _ConnectionRecord) -> None:
+        """In a forked child: make a record of the parent's inert, without I/O.
+
+        As SQLAlchemy's own invalidation does: a fairy (checked out in the
+        parent) loses its DBAPI connection and its GC finalizer, so closing it
+        in the child resets nothing, rolls nothing back and only returns the
+        record, which is no longer ours and is dropped. The DBAPI connection
+        is kept alive: a driver finalizer (mysqlclient sends ``COM_QUIT``) never runs.
+        """
+        ref = conn.fairy_ref
+        fairy = ref() if ref is not None else None
+        if fairy is not None:
+            finalizer = getattr(fairy, "_finalizer", None)  # SQLAlchemy >= 2.1
+            if finalizer is not None:
+                finalizer.detach()
+            fairy.dbapi_connection = None  # type: ignore[assignment]
+        forks.keep(conn.dbapi_connection, fairy)
+        conn.dbapi_connection = None
+        conn.__dict__.pop(SLOT_ATTR, None)
 
 
 class SmartPool(Pool):
@@ -252,13 +276,20 @@ class SmartPool(Pool):
         )
         self._check_dialect(dialect)
         self._clock: Callable[[], float] = clock or time.monotonic
-        self._pool_name = self._config.name or f"0x{id(self):x}"
+        # the name: name=, else pool_logging_name, else the URL's database (noted by the
+        # plugin now, or at the first connect by a do_connect hook), else the pool's id
+        chosen = self._config.name or logging_name
+        database = drivers.noted_database(self._dialect) if real_dialect else None
+        #: False while the name is only the id (metrics then use their own default)
+        self._name_known = bool(chosen or database)
+        self._pool_name: str = chosen or database or f"0x{id(self):x}"
         # without a dialect (a bare pool) there is no ping, only a validation_query
         can_validate = self._config.validation_query is not None or real_dialect
         if real_dialect and self._config.connect_timeout is not None:
             drivers.install_connect_timeout(self._dialect, self._config.connect_timeout)
         if real_dialect:
             drivers.install_url_templates(self._dialect)
+            drivers.install_database_note(self._dialect)
         if real_dialect and self._config.leak_detection_threshold is not None:
             drivers.install_statement_hook(self._dialect, _note_statement)
         if real_dialect and self._credentials is not None:
@@ -268,6 +299,9 @@ class SmartPool(Pool):
             self, "connect", drivers.after_connect
         ):
             event.listen(self, "connect", drivers.after_connect)
+        for name in ("invalidate", "soft_invalidate"):  # the cause, for the engine's audit line
+            if not event.contains(self, name, _note_invalidation):
+                event.listen(self, name, _note_invalidation)
         self._engine: PoolEngine[_ConnectionRecord] = PoolEngine(
             self._config,
             _RecordBackend(self),
@@ -322,6 +356,20 @@ class SmartPool(Pool):
     @property
     def config(self) -> PoolConfig:
         return self._config
+
+    @property
+    def name(self) -> str:
+        """What log lines, errors and ``stats()`` call this pool: ``name=``, else
+        ``pool_logging_name``, else the URL's database, else ``0x<id>``."""
+        return self._pool_name
+
+    def _learn_name(self) -> None:
+        """After a connect: take the database its arguments named, if one did."""
+        database = drivers.noted_database(self._dialect)
+        if database is not None and not self._name_known:
+            self._name_known = True
+            self._pool_name = database
+            self._engine.rename(database)
 
     @property
     def _core(self) -> PoolCore[_ConnectionRecord]:
@@ -501,6 +549,12 @@ class SmartPool(Pool):
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _note_invalidation(dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
+    """SQLAlchemy invalidated a record (a disconnect, ``invalidate()``): keep why, redacted."""
+    if exception is not None and record is not None and record.__dict__.get(SLOT_ATTR) is not None:
+        setattr(record, CAUSE_ATTR, describe_error(exception))
 
 
 def _note_statement(record: Any, statement: str) -> None:

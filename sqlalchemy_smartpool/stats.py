@@ -39,6 +39,9 @@ LEAKS_SUSPECTED = "leaks_suspected"
 LEAKS_RETURNED = "leaks_returned"
 LEAKS_COLLECTED = "leaks_collected"
 BREAKER_OPENED = "breaker_opened"
+#: the statement guard (guard.py): statements it flagged, and those it refused (enforce mode)
+GUARD_DETECTIONS = "guard_detections"
+GUARD_REJECTIONS = "guard_rejections"
 #: closed by drain(), rotate_credentials(), a lowered max_size or a swapped-out pool (docs/operations.md)
 CONNECTIONS_RETIRED = "connections_retired"
 
@@ -62,6 +65,8 @@ COUNTERS: tuple[str, ...] = (
     LEAKS_RETURNED,
     LEAKS_COLLECTED,
     BREAKER_OPENED,
+    GUARD_DETECTIONS,
+    GUARD_REJECTIONS,
     CONNECTIONS_RETIRED,
 )
 

@@ -49,6 +49,8 @@ COUNTER_HELP: dict[str, str] = {
     S.LEAKS_RETURNED: "Suspected leaks that were returned later.",
     S.LEAKS_COLLECTED: "Leaked connections reclaimed by the garbage collector.",
     S.BREAKER_OPENED: "Times the circuit breaker opened.",
+    S.GUARD_DETECTIONS: "Statements the statement guard flagged (any mode).",
+    S.GUARD_REJECTIONS: "Statements the statement guard refused to send (enforce mode).",
     S.CONNECTIONS_RETIRED: "Connections closed by drain, credential rotation, lower max_size or a pool swap.",
 }
 

@@ -29,6 +29,8 @@ NEUTRAL = (
     "urltemplate",
     "urlcrypt",
     "health",
+    "forks",
+    "logs",
     "live",
 )
 

@@ -62,7 +62,7 @@ def test_reconfigure_returns_what_changed_logs_it_and_keeps_the_config(
     assert record.changes == {  # type: ignore[attr-defined]
         "max_size": [4, 8], "acquire_timeout": [30.0, 2.5], "breaker_failure_threshold": [5, 9]
     }  # fmt: skip
-    assert "max_size 4 -> 8" in record.getMessage()
+    assert "max_size: 4 -> 8" in record.getMessage()
     assert engine.reconfigure({"max_size": 8}) == {}, "no change, no record"
     assert len(audits(caplog, "config_changed")) == 1
 
@@ -177,7 +177,8 @@ def test_pause_holds_checkouts_within_their_timeout_and_resume_serves_them(
     conn = engine.checkout()
     assert conn is backend.opened[0]
     engine.checkin(slot(conn))
-    assert [r.event for r in caplog.records if r.name == AUDIT] == ["paused", "resumed"]  # type: ignore[attr-defined]
+    events = [getattr(r, "event", None) for r in caplog.records if r.name == AUDIT]
+    assert [e for e in events if e in ("paused", "resumed")] == ["paused", "resumed"]
     engine.check_invariants()
 
 
