@@ -556,8 +556,12 @@ class PoolCore(Generic[C]):
         return err
 
     def _breaker_moved(self, old: BreakerState, new: BreakerState) -> None:
-        if new is BreakerState.OPEN and old is BreakerState.CLOSED:
-            self.counters[S.BREAKER_OPENED] += 1
+        if new is BreakerState.OPEN:
+            self.counters[S.BREAKER_OPENED if old is BreakerState.CLOSED else S.BREAKER_REOPENED] += 1
+        elif new is BreakerState.HALF_OPEN:
+            self.counters[S.BREAKER_HALF_OPENED] += 1
+        else:
+            self.counters[S.BREAKER_CLOSED] += 1
 
 
 def _clone(error: BaseException) -> BaseException:

@@ -31,10 +31,11 @@ import socket
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from . import leaks
+from . import leaks, profiling
 from . import stats as S
 from .backoff import Backoff
 from .config import PoolConfig
@@ -50,6 +51,7 @@ C = TypeVar("C")
 SLOT_ATTR = "_smartpool_slot"
 
 _POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_BOUNDS = S.TIME_BUCKETS
 
 
 class Backend(Protocol[C]):
@@ -163,6 +165,14 @@ class PoolEngine(Generic[C]):
         #: bumped by dispose(): connects started before it are not kept
         self._generation = 0
         self._waits: S.WaitSampler | None = S.WaitSampler() if config.track_wait_times else None
+        # histograms (stats.Timing), recorded under the lock already held at each point
+        timed = config.track_wait_times
+        self._wait_hist: S.Timing | None = S.Timing() if timed else None
+        self._uses: S.Timing | None = S.Timing() if timed else None
+        self._creates: S.Timing | None = S.Timing() if timed else None
+        #: checkout listeners and top-holder sampling (profiling.py)
+        self.listeners = profiling.Listeners()
+        self._holders = profiling.HolderStats(config.holder_sample_every)
         self._can_validate = can_validate
         self._apply(config)
         self._leak_reports = leaks.LeakReporter(name)
@@ -182,6 +192,16 @@ class PoolEngine(Generic[C]):
         self._leak_threshold = config.leak_detection_threshold
         self._barging = config.barge_window > 0
         self._serve_armed = False
+        self._holders.every = config.holder_sample_every
+        self._retrace()
+
+    def _retrace(self) -> None:
+        """Which checkouts get a lease (see :meth:`_trace`): every one with leak detection or a
+        checkout listener, one in ``holder_sample_every`` for top_holders(), else none."""
+        every = self.config.holder_sample_every
+        self._trace_all = self._leak_threshold is not None or bool(self.listeners.entries)
+        self._trace_every = 1 if self._trace_all else every
+        self._want_location = every > 0 or self.listeners.want_location
 
     # ------------------------------------------------------------------ checkout
 
@@ -223,21 +243,28 @@ class PoolEngine(Generic[C]):
             or (slot.poller is not None and slot.poller.poll(0))
         ):
             return Pending(self, slot, t0)
-        if self._leak_threshold is not None:
-            slot.lease = leaks.capture()
+        every = self._trace_every
+        if every and not self.core.checkouts % every:
+            self._trace(slot, 0.0)
         return slot.conn
 
     def _finish_checkout(self, slot: Slot[C] | None, t0: float) -> C:
         """The blocking rest of a checkout begun at ``t0``: wait when ``slot`` is None, validate."""
         deadline = t0 + self._timeout
+        wait = 0.0
         if slot is None:
             slot = self._wait(t0, deadline)
             # a connection handed over while we waited was returned after t0: its idle
             # time counts from now (or it would look negative and skip every check)
             now = self._clock()
+            wait = now - t0
             waits = self._waits
             if waits is not None:  # immediate checkouts waited 0: counted, not timed
-                waits.record(now - t0, self.core.checkouts)
+                waits.record(wait, self.core.checkouts)
+                hist = self._wait_hist
+                if hist is not None:
+                    with self._lock:  # the slow path: exact counts are worth the lock
+                        hist.record(wait)
             if self._validate and (
                 now - slot.last_used > self._interval
                 or slot.validated_at < self.core.suspect_before
@@ -246,9 +273,25 @@ class PoolEngine(Generic[C]):
                 slot = self._validated(slot, deadline)
         else:
             slot = self._validated(slot, deadline)
-        if self._leak_threshold is not None:
-            slot.lease = leaks.capture()
+        every = self._trace_every
+        if every and not self.core.checkouts % every:
+            self._trace(slot, wait)
         return slot.conn
+
+    def _trace(self, slot: Slot[C], wait: float) -> None:
+        """Give a checkout its lease: the leak-detection stack, or where it came from for
+        top_holders() and the checkout listeners (only what they need is captured)."""
+        every = self._holders.every
+        # here for sampling alone, or for every checkout (leaks, listeners) and maybe sampled too
+        sampled = not self._trace_all or (every > 0 and not self.core.checkouts % every)
+        if self._leak_threshold is not None:
+            lease = leaks.capture()
+            lease.wait = wait
+            lease.sampled = sampled
+            slot.lease = lease
+            return
+        where = leaks.caller(2) if (sampled or self.listeners.want_location) else None
+        slot.lease = profiling.Sample(where, wait, sampled)
 
     def _wait(self, t0: float, deadline: float) -> Slot[C]:
         self._ensure_started()
@@ -372,9 +415,15 @@ class PoolEngine(Generic[C]):
         if lease is not None:  # cleared while we still hold it: the next holder sets its own
             slot.lease = None
         now = self._clock()
+        held = now - slot.checked_out_at  # before the core hands the slot to a waiter
+        uses = self._uses
         self._acquire()
         try:
             waiter, close = self.core.checkin(slot, now, usable)
+            if uses is not None:  # Timing.record, inlined: every checkin pays it (~80 ns)
+                i = bisect_left(_BOUNDS, held)
+                uses.counts[i] += 1
+                uses.sums[i] += held
         finally:
             self._release()
         if waiter is not None:
@@ -384,7 +433,55 @@ class PoolEngine(Generic[C]):
         elif self._barging and not self._serve_armed:
             self._arm_serve()
         if lease is not None:
+            self._lease_returned(slot, lease, now, held)
+
+    def _lease_returned(self, slot: Slot[C], lease: Any, now: float, held: float) -> None:
+        """A traced checkout came back: leak bookkeeping, top holders, checkout listeners."""
+        if isinstance(lease, leaks.Lease):
             self._leak_returned(slot, lease, now)
+        if lease.sampled:
+            self._holders.returned(lease.location, held)
+        if self.listeners.entries:
+            self.listeners.call(
+                profiling.CheckoutTiming(
+                    pool=self.name,
+                    connection_id=slot.id,
+                    wait=lease.wait,
+                    held=held,
+                    location=profiling.format_location(lease.location),
+                )
+            )
+
+    # -------------------------------------------------------------- profiling
+
+    def add_checkout_listener(self, fn: profiling.Listener, *, location: bool = False) -> None:
+        """Call ``fn(CheckoutTiming)`` at every checkin (wait, hold time, and with ``location``
+        the caller's ``file:line``). Costs nothing while no listener is registered."""
+        self.listeners.add(fn, location)
+        self._retrace()
+
+    def remove_checkout_listener(self, fn: profiling.Listener) -> bool:
+        """Stop calling ``fn``; False if it was not registered."""
+        found = self.listeners.remove(fn)
+        self._retrace()
+        return found
+
+    def adopt_listeners(self, other: profiling.Listeners) -> None:
+        """Take over another engine's listeners (a pool that makes a new engine keeps them)."""
+        self.listeners = other
+        self._retrace()
+
+    def top_holders(self, n: int = 10, *, by: str = "total") -> list[profiling.Holder]:
+        """The code locations that hold connections longest, from sampled checkouts
+        (``holder_sample_every``); ``by="p99"`` ranks by their 99th percentile hold time."""
+        now = self._clock()
+        with self._lock:
+            current = [
+                (getattr(s.lease, "location", None), now - s.checked_out_at)
+                for s in self.core.leased.values()
+                if getattr(s.lease, "sampled", False)
+            ]
+        return self._holders.top(n, by, current)
 
     def return_judged(self, slot: Slot[C], judge: Callable[[], tuple[bool, bool]]) -> None:
         """A connection came back that the adapter must look at first.
@@ -679,6 +776,21 @@ class PoolEngine(Generic[C]):
         p50, p95, p99 = waits.percentiles(50, 95, 99, checkouts=self.core.checkouts)
         with self._lock:
             core = self.core
+            counters = core.counter_snapshot()
+            if self._validate:  # every checkout was validated or skipped; in-flight ones count as skipped
+                ok = counters[S.VALIDATIONS] - counters[S.VALIDATIONS_FAILED]
+                counters[S.VALIDATIONS_SKIPPED] = max(0, core.checkouts - ok)
+            timings: dict[str, S.Distribution] = {}
+            if self._wait_hist is not None and self._uses is not None and self._creates is not None:
+                waited = sum(self._wait_hist.counts)
+                timings[S.WAIT_TIME] = self._wait_hist.snapshot(zeros=core.checkouts - waited)
+                timings[S.USE_TIME] = self._uses.snapshot()
+                timings[S.CREATE_TIME] = self._creates.snapshot()
+            leaked = 0
+            if self._leak_threshold is not None:
+                leaked = sum(
+                    1 for s in core.leased.values() if isinstance(s.lease, leaks.Lease) and s.lease.reported
+                )
             return S.PoolStats(
                 name=self.name,
                 pool_size=core.size,
@@ -689,7 +801,7 @@ class PoolEngine(Generic[C]):
                 pool_min=self.config.min_size,
                 pool_max=self.config.max_size,
                 breaker_state=core.breaker.state.value,
-                counters=core.counter_snapshot(),
+                counters=counters,
                 wait_p50=p50,
                 wait_p95=p95,
                 wait_p99=p99,
@@ -697,6 +809,9 @@ class PoolEngine(Generic[C]):
                 wait_sum=waits.total,
                 closed=core.closed,
                 server_max_connections=self.server_limit,
+                acquire_timeout=self.config.acquire_timeout,
+                leaks_outstanding=leaked,
+                timings=timings,
             )
 
     def describe(self) -> str:
@@ -810,6 +925,7 @@ class PoolEngine(Generic[C]):
         and the pool stops refilling on its own until a caller asks again.
         """
         backend = self.backend
+        started = self._clock()
         try:
             conn = backend.open()
         except Exception as err:
@@ -838,6 +954,9 @@ class PoolEngine(Generic[C]):
                 poller = None
         now = self._clock()
         with self._lock:
+            creates = self._creates
+            if creates is not None:
+                creates.record(now - started)
             if generation != self._generation:  # dispose() ran meanwhile
                 self.core.connect_dropped()
                 keep = False

@@ -34,7 +34,7 @@ from redis import exceptions as redis_exc
 from redis._parsers import Encoder
 from redis.credentials import CredentialProvider
 
-from . import leaks, urltemplate
+from . import leaks, profiling, urltemplate
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
 from .engine import SLOT_ATTR, Pending, PoolEngine, Runtime
@@ -391,6 +391,9 @@ class _PoolBase:
             self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
         )
         backend.engine = engine
+        old = getattr(self, "_engine", None)
+        if old is not None:  # reset() or a fork: the checkout listeners stay registered
+            engine.adopt_listeners(old.listeners)
         return engine
 
     def _checkpid(self) -> None:
@@ -502,6 +505,18 @@ class _PoolBase:
     def size(self) -> int:
         """Open connections (idle + in use)."""
         return self._engine.core.size
+
+    def top_holders(self, n: int = 10, *, by: str = "total") -> list[profiling.Holder]:
+        """The code locations that hold connections longest (see ``SmartPool.top_holders``)."""
+        return self._engine.top_holders(n, by=by)
+
+    def add_checkout_listener(self, fn: profiling.Listener, *, location: bool = False) -> None:
+        """Call ``fn(CheckoutTiming)`` at every release (see ``SmartPool.add_checkout_listener``)."""
+        self._engine.add_checkout_listener(fn, location=location)
+
+    def remove_checkout_listener(self, fn: profiling.Listener) -> bool:
+        """Stop calling ``fn``; False if it was not registered."""
+        return self._engine.remove_checkout_listener(fn)
 
     def _health_checker(self) -> HealthChecker:
         spawn = getattr(self, "_spawn", None)  # the asyncio pool's greenlet bridge
