@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -37,12 +36,8 @@ __all__ = ["DEFAULT_MAX_REPLAY", "OpenTelemetryMetrics"]
 #: at most this many durations per histogram are recorded into the SDK per collection
 DEFAULT_MAX_REPLAY = 20_000
 
-#: the snapshot read for one collection serves every instrument of that collection
-_SNAPSHOT_TTL = 0.1
-
-
 class _Target:
-    __slots__ = ("attrs", "label", "last_pool", "replayed", "snap", "snap_at", "target")
+    __slots__ = ("attrs", "gen", "label", "last_pool", "replayed", "snap", "target")
 
     def __init__(self, label: str, target: Any) -> None:
         self.label = label
@@ -52,7 +47,8 @@ class _Target:
         #: per histogram source: what has been recorded into the SDK so far
         self.replayed: dict[str, Distribution] = {}
         self.snap: Any = None
-        self.snap_at = float("-inf")
+        #: bumped at each new snapshot; an instrument that already used this one starts the next
+        self.gen = 0
 
 
 class OpenTelemetryMetrics:
@@ -84,6 +80,7 @@ class OpenTelemetryMetrics:
         self.add(pool, name)
         meter = otel_metrics.get_meter("sqlalchemy_smartpool", _version(), meter_provider=meter_provider)
         self._histograms: dict[str, Any] = {}
+        self._replay_seen: dict[str, int] = {}
         for otel_name, m in M.otel_names().items():
             description = M.OTEL_DESCRIPTIONS.get(otel_name, m.description)
             callback = self._callback(otel_name)
@@ -131,20 +128,27 @@ class OpenTelemetryMetrics:
 
     # --------------------------------------------------------------- internals
 
-    def _snapshot(self, t: _Target) -> PoolStats | None:
-        now = time.monotonic()
-        if now - t.snap_at > _SNAPSHOT_TTL:
+    def _snapshot(self, t: _Target, seen: dict[str, int]) -> PoolStats | None:
+        """One snapshot per pool and collection, shared by every instrument of it.
+
+        A collection runs each instrument's callback once, in an order the API does
+        not promise: a callback that meets the snapshot it used before is the first of
+        a new collection, and takes a fresh one (so a quiet pool reads exactly now).
+        """
+        if t.snap is None or seen.get(t.label) == t.gen:
             pool = resolve_pool(t.target)
             if pool is not t.last_pool:  # a new pool (engine.dispose()): it counts from zero
                 t.last_pool = pool
                 t.replayed = {}
             t.snap = read_pool(pool)
-            t.snap_at = now
+            t.gen += 1
+        seen[t.label] = t.gen
         snap = t.snap
         return snap.stats if snap is not None else None
 
     def _callback(self, otel_name: str) -> Any:
         rows = [m for m in M.MEASURES if m.otel == otel_name]
+        seen: dict[str, int] = {}
 
         def observe(options: CallbackOptions) -> Iterator[Observation]:
             if self._closed:
@@ -152,7 +156,7 @@ class OpenTelemetryMetrics:
             with self._lock:
                 targets = list(self._targets)
                 for t in targets:
-                    st = self._snapshot(t)
+                    st = self._snapshot(t, seen)
                     for m in rows:
                         if st is not None:
                             value = m.read(st)
@@ -171,7 +175,7 @@ class OpenTelemetryMetrics:
         out = []
         with self._lock:
             for t in self._targets:
-                st = self._snapshot(t)
+                st = self._snapshot(t, self._replay_seen)
                 if st is None:
                     continue
                 backlog = 0
