@@ -197,11 +197,11 @@ class Listeners:
         if not callable(fn):
             raise TypeError(f"a checkout listener must be callable, got {type(fn).__name__}")
         with self._lock:
-            self.entries = (*(e for e in self.entries if e[0] is not fn), (fn, bool(location)))
+            self.entries = (*(e for e in self.entries if e[0] != fn), (fn, bool(location)))
 
     def remove(self, fn: Listener) -> bool:
         with self._lock:
-            kept = tuple(e for e in self.entries if e[0] is not fn)
+            kept = tuple(e for e in self.entries if e[0] != fn)
             found = len(kept) != len(self.entries)
             self.entries = kept
         return found

@@ -104,7 +104,8 @@ def test_every_row_is_well_formed() -> None:
             assert m.source in S.COUNTERS, m.key
             assert m.otel is None or m.otel_instrument == "counter"
         if m.kind == M.HISTOGRAM:
-            assert m.source in S.TIMINGS and m.unit == "s" and m.prometheus and m.prometheus.endswith("_seconds")
+            assert m.source in S.TIMINGS and m.unit == "s"
+            assert m.prometheus and m.prometheus.endswith("_seconds")
         if m.unit == "s" and m.statsd:
             assert m.statsd_scale == M.MS, f"{m.key}: StatsD durations are milliseconds"
     covered = {m.source for m in M.MEASURES if m.kind == M.COUNTER}
