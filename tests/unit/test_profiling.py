@@ -189,3 +189,30 @@ def _until(pred: Any, timeout: float = 5.0) -> bool:
             return True
         done.wait(0.01)
     return bool(pred())
+
+
+def test_asyncio_pool_holders_name_the_awaiting_coroutine(tmp_path: Path) -> None:
+    pytest.importorskip("aiosqlite")
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+    from sqlalchemy_smartpool import AsyncSmartPool
+
+    async def query_from_a_coroutine(e: AsyncEngine) -> None:
+        async with e.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    async def main() -> list[Any]:
+        e = create_async_engine(
+            f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", poolclass=AsyncSmartPool, holder_sample_every=1
+        )
+        try:
+            for _ in range(3):
+                await query_from_a_coroutine(e)
+            return e.pool.top_holders()  # type: ignore[attr-defined,no-any-return]
+        finally:
+            await e.dispose()
+
+    top = asyncio.run(main())
+    assert top[0].samples == 3 and "query_from_a_coroutine" in top[0].location
