@@ -220,3 +220,12 @@ def test_alert_rules_cover_the_issue() -> None:
     for rule in found.values():
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+
+
+def test_the_metrics_page_lists_every_measure() -> None:
+    page = (DASHBOARDS.parent / "metrics.md").read_text()
+    for m in M.MEASURES:
+        assert f"| `{m.key}` |" in page, f"docs/metrics.md has no row for {m.key}"
+        for name in (m.otel, m.prometheus and f"smartpool_{m.prometheus}", m.statsd):
+            if name:
+                assert f"`{name}" in page, f"docs/metrics.md does not name {name}"
