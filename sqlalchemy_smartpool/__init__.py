@@ -11,6 +11,7 @@ from typing import Any
 from .breaker import BreakerState
 from .config import CircuitBreakerConfig, PoolConfig
 from .errors import ConfigError
+from .logs import correlation_id
 from .pool import AsyncSmartPool, SmartPool
 from .sa_errors import (
     CircuitOpenError,
@@ -56,6 +57,7 @@ __all__ = [
     "SmartRedisPool",
     "TooManyWaiters",
     "__version__",
+    "correlation_id",
     "decrypt_url",
     "encrypt_url",
     "smartpool_url",

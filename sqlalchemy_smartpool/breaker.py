@@ -8,7 +8,6 @@ outcome; the breaker answers whether to dial and when the next probe is due.
 from __future__ import annotations
 
 import enum
-import logging
 import random
 from collections import deque
 from collections.abc import Callable
@@ -16,8 +15,6 @@ from collections.abc import Callable
 from .backoff import Backoff
 from .config import CircuitBreakerConfig
 from .errors import describe_error
-
-logger = logging.getLogger("sqlalchemy_smartpool.breaker")
 
 
 class BreakerState(str, enum.Enum):
@@ -30,7 +27,8 @@ class CircuitBreaker:
     """closed -> open after repeated connect failures -> half-open (one probe) -> closed.
 
     ``on_transition(old, new)`` is called for every state change (the pool
-    counts and logs them there).
+    counts and logs them there; :attr:`moved_because` says why). The breaker
+    itself writes no log line: it runs under the pool's lock.
     """
 
     def __init__(
@@ -58,6 +56,9 @@ class CircuitBreaker:
         self.next_probe_at = 0.0
         self.probe_in_flight = False
         self.last_error: str | None = None
+        #: why the last transition happened: "failures", "failure_ratio", "probe_due",
+        #: "probe_failed", "probe_succeeded" or "reset"
+        self.moved_because = ""
         # (time, ok) of recent connects, only kept when a failure ratio is configured
         self._window: deque[tuple[float, bool]] = deque()
 
@@ -71,7 +72,7 @@ class CircuitBreaker:
             return False
         if self._clock() >= self.next_probe_at:
             if self.state is BreakerState.OPEN:
-                self._move(BreakerState.HALF_OPEN)
+                self._move(BreakerState.HALF_OPEN, "probe_due")
             self.probe_in_flight = True
             return True
         return False
@@ -100,7 +101,7 @@ class CircuitBreaker:
             self._note(True)
         if recovered:
             self._backoff.reset()
-            self._move(BreakerState.CLOSED)
+            self._move(BreakerState.CLOSED, "probe_succeeded")
 
     def record_failure(self, error: BaseException | None = None) -> None:
         self.consecutive_failures += 1
@@ -116,16 +117,17 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             # a failed probe: back off further
             self.next_probe_at = self._clock() + self._backoff.next_delay()
-            self._move(BreakerState.OPEN)
+            self._move(BreakerState.OPEN, "probe_failed")
             return
         ratio_tripped = False
         if self.config.failure_ratio is not None:
             self._note(False)
             ratio_tripped = self._ratio_exceeded()
-        if self.consecutive_failures >= self.config.failure_threshold or ratio_tripped:
+        by_count = self.consecutive_failures >= self.config.failure_threshold
+        if by_count or ratio_tripped:
             self._backoff.reset()
             self.next_probe_at = self._clock() + self._backoff.next_delay()
-            self._move(BreakerState.OPEN)
+            self._move(BreakerState.OPEN, "failures" if by_count else "failure_ratio")
 
     def reset(self) -> None:
         """Forget all history (used by ``dispose()``)."""
@@ -137,7 +139,7 @@ class CircuitBreaker:
         if old is not BreakerState.CLOSED:
             # not via _move: nothing was learnt about the database, "reachable again" would be a guess
             self.state = BreakerState.CLOSED
-            logger.info("pool %s: circuit breaker reset (pool disposed)", self._name)
+            self.moved_because = "reset"
             if self._on_transition is not None:
                 self._on_transition(old, BreakerState.CLOSED)
 
@@ -157,23 +159,11 @@ class CircuitBreaker:
         failures = sum(1 for _, ok in self._window if not ok)
         return failures / calls >= self.config.failure_ratio
 
-    def _move(self, new: BreakerState) -> None:
+    def _move(self, new: BreakerState, because: str) -> None:
         old = self.state
         if old is new:
             return
         self.state = new
-        if new is BreakerState.OPEN and old is BreakerState.CLOSED:
-            logger.warning(
-                "pool %s: circuit breaker opened after %d consecutive connect failures (%s); "
-                "next probe in %.2fs",
-                self._name,
-                self.consecutive_failures,
-                self.last_error or "unknown error",
-                self.retry_after(),
-            )
-        elif new is BreakerState.CLOSED:
-            logger.warning("pool %s: circuit breaker closed, database reachable again", self._name)
-        else:
-            logger.info("pool %s: circuit breaker %s -> %s", self._name, old.value, new.value)
+        self.moved_because = because
         if self._on_transition is not None:
             self._on_transition(old, new)

@@ -38,6 +38,8 @@ ENV_PROFILE = "SMARTPOOL_PROFILE"
 ENV_NON_SETTINGS: frozenset[str] = frozenset(
     {
         "SMARTPOOL_REQUIRE_SERVICES",  # CI: fail, not skip, integration tests without servers
+        "SMARTPOOL_STATEMENT_GUARD",  # the statement guard (guard.py), read by the engine plugin
+        "SMARTPOOL_STATEMENT_GUARD_ALLOWLIST",
         "SMARTPOOL_PROFILE",  # the settings file's profile
         "SMARTPOOL_CONFIG_FILE",  # the settings file
         "SMARTPOOL_URL_ENCRYPTED",  # urlcrypt: the encrypted URL the plugin uses

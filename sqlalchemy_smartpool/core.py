@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import random
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from . import logs
 from . import stats as S
 from .breaker import BreakerState, CircuitBreaker
 from .config import PoolConfig
-from .errors import NEUTRAL, CircuitOpen, ErrorTypes
+from .errors import NEUTRAL, CircuitOpen, ErrorTypes, describe_error
 from .sizing import connects_wanted, idle_to_close
 
 C = TypeVar("C")
@@ -143,6 +145,10 @@ class PoolCore(Generic[C]):
         self.counters: dict[str, int] = dict.fromkeys(S.COUNTERS, 0)
         #: kept out of ``counters`` because the adapters' hot paths bump it directly
         self.checkouts = 0
+        #: log records decided under the lock (outage, breaker), written by the engine after it
+        self.notes: list[logs.Note] = []
+        #: the outage log policy: one line when connects start failing, few while they do
+        self.outage = logs.OutageTracker()
         self.breaker = CircuitBreaker(
             config.breaker, clock, rng=self._rng, name=name, on_transition=self._breaker_moved
         )
@@ -238,6 +244,8 @@ class PoolCore(Generic[C]):
         self.pending -= 1
         self.counters[S.CONNECTIONS_CREATED] += 1
         self.breaker.record_success()
+        if self.outage.since is not None:
+            self._note(self.outage.succeeded(now))
         self.refill = True
         slot = self.new_slot(conn, now)
         if self.closed:  # nothing will ever take it: the adapter sees ``closed`` and closes it
@@ -251,8 +259,15 @@ class PoolCore(Generic[C]):
         self.counters[S.CONNECTIONS_FAILED] += 1
         self.last_connect_error = error
         self.last_connect_error_at = now
-        self.breaker.record_failure(error)
-        return not self.breaker.is_open
+        breaker = self.breaker
+        cause = describe_error(error)
+        probe = breaker.state is BreakerState.HALF_OPEN
+        self._note(self.outage.started(now, cause))  # before the breaker's own notes
+        breaker.record_failure(error)
+        is_open = breaker.is_open
+        retry_in = breaker.retry_after() if is_open else None
+        self._note(self.outage.failed(now, cause, probe=probe, retry_in=retry_in))
+        return not is_open
 
     def connect_abandoned(
         self, error: BaseException | None = None, *, permanent: bool = False
@@ -555,13 +570,61 @@ class PoolCore(Generic[C]):
         err.__cause__ = self.last_connect_error
         return err
 
+    def _note(self, note: logs.Note | None) -> None:
+        if note is not None and len(self.notes) < _MAX_NOTES:
+            self.notes.append(note)
+
     def _breaker_moved(self, old: BreakerState, new: BreakerState) -> None:
+        breaker = self.breaker
+        if new is BreakerState.CLOSED:
+            self.counters[S.BREAKER_CLOSED] += 1
+        fields: dict[str, Any] = {
+            "from_state": old.value,
+            "to_state": new.value,
+            "because": breaker.moved_because,
+        }
         if new is BreakerState.OPEN:
-            self.counters[S.BREAKER_OPENED if old is BreakerState.CLOSED else S.BREAKER_REOPENED] += 1
+            retry = breaker.retry_after()
+            fields.update(
+                failures=breaker.consecutive_failures, cause=breaker.last_error, retry_in_s=round(retry, 3)
+            )
+            if old is BreakerState.CLOSED:
+                self.counters[S.BREAKER_OPENED] += 1
+                level, msg = (
+                    logging.INFO,
+                    (
+                        "circuit breaker opened after %d consecutive connect failures (%s); checkouts that "
+                        "need a new connection fail fast; next probe in %.2fs"
+                    ),
+                )
+            else:  # a failed probe: the outage's own line says so once per backoff step
+                self.counters[S.BREAKER_REOPENED] += 1
+                level, msg = (
+                    logging.DEBUG,
+                    "circuit breaker probe failed (%d failures, %s); next probe in %.2fs",
+                )
+            args: tuple[Any, ...] = (
+                breaker.consecutive_failures,
+                breaker.last_error or "unknown error",
+                retry,
+            )
         elif new is BreakerState.HALF_OPEN:
             self.counters[S.BREAKER_HALF_OPENED] += 1
-        else:
-            self.counters[S.BREAKER_CLOSED] += 1
+            level, msg, args = logging.DEBUG, "circuit breaker half-open: one probe connect may go", ()
+        elif breaker.moved_because == "reset":
+            level, msg, args = logging.INFO, "circuit breaker reset (pool disposed)", ()
+        else:  # a probe worked: the outage's end is logged at INFO by the connect
+            level, msg, args = logging.DEBUG, "circuit breaker closed: a probe connect worked", ()
+        event = (
+            logs.BREAKER_OPENED
+            if new is BreakerState.OPEN
+            else (logs.BREAKER_HALF_OPEN if new is BreakerState.HALF_OPEN else logs.BREAKER_CLOSED)
+        )
+        self._note(logs.Note(logs.BREAKER_LOGGER, level, event, msg, args, fields, audit=True))
+
+
+#: deferred records kept at most (the engine writes them after each connect; a bound all the same)
+_MAX_NOTES = 256
 
 
 def _clone(error: BaseException) -> BaseException:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from collections.abc import Callable
@@ -105,6 +106,72 @@ def install_url_templates(dialect: Any) -> bool:
                 cargs[key] = value
 
     event.listen(dialect, "do_connect", _resolve)
+    return True
+
+
+#: the database each dialect connects to, for the pool's name (noted by the plugin from the
+#: URL at create_engine, else by a ``do_connect`` hook at the first connect)
+_databases: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+#: the connect keywords drivers take the database under (psycopg: dbname, MySQLdb: db)
+_DATABASE_KEYS = ("database", "dbname", "db")
+
+
+def database_label(database: Any) -> str | None:
+    """The URL's database as a pool name: a file's name without its directories (sqlite),
+    None for an in-memory database or none at all."""
+    if isinstance(database, bytes):
+        database = database.decode("utf-8", "replace")
+    if not isinstance(database, str):
+        return None
+    text = database.strip()
+    if text.startswith("file:"):  # a sqlite URI filename: file:app.db?mode=ro
+        text = text[5:].split("?", 1)[0]
+    if not text or text == ":memory:" or "mode=memory" in database:
+        return None
+    label = text.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return label or None
+
+
+def note_database(dialect: Any, database: Any) -> None:
+    """Remember the database ``dialect`` connects to (the plugin, which sees the URL)."""
+    label = database_label(database)
+    if label is not None and dialect is not None:
+        with contextlib.suppress(TypeError):  # not weak-referenceable: no name from the URL then
+            _databases[dialect] = label
+
+
+def noted_database(dialect: Any) -> str | None:
+    """The database noted for ``dialect``, if any."""
+    try:
+        return _databases.get(dialect)
+    except TypeError:
+        return None
+
+
+def install_database_note(dialect: Any) -> bool:
+    """Note the database at the first connect, from the driver's connect arguments.
+
+    For ``poolclass=SmartPool`` without the plugin, SQLAlchemy gives the pool
+    no URL; every connect of ``create_engine``'s creator runs the dialect's
+    ``do_connect`` event with the arguments the URL became, which name the
+    database under the driver's keyword (``database``, ``dbname``, ``db``) or,
+    for sqlite, as the first positional argument. The hook runs after the
+    placeholder one, so a ``{env:}`` database is seen resolved.
+    """
+    if not _first_time(dialect, "database_note"):
+        return False
+
+    def _note(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+        if noted_database(dialect) is not None:
+            return
+        for key in _DATABASE_KEYS:
+            if cparams.get(key):
+                note_database(dialect, cparams[key])
+                return
+        if getattr(dialect, "name", None) == "sqlite" and cargs:
+            note_database(dialect, cargs[0])
+
+    event.listen(dialect, "do_connect", _note)
     return True
 
 

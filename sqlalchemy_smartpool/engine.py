@@ -24,6 +24,8 @@ so the engine can be reconfigured while it runs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import select
@@ -35,7 +37,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from . import leaks, profiling
+from . import forks, leaks, logs, profiling
 from . import stats as S
 from .backoff import Backoff
 from .config import PoolConfig
@@ -43,12 +45,15 @@ from .core import PoolCore, Slot, Waiter
 from .errors import ErrorTypes, describe_error
 from .health import PROBE_FAILED, PROBE_OK, PROBE_SKIPPED, PROBE_TIMEOUT, ProbeResult
 
-logger = logging.getLogger("sqlalchemy_smartpool.engine")
+logger = logging.getLogger(logs.ENGINE_LOGGER)
 
 C = TypeVar("C")
 
 #: attribute set on every pooled connection object: its :class:`~.core.Slot`
 SLOT_ATTR = "_smartpool_slot"
+#: an adapter may leave why a connection is bad on it here (a redacted one-line description:
+#: the ping's disconnect, the error it was invalidated for), for the audit's ``cause``
+CAUSE_ATTR = "_smartpool_cause"
 
 _POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 _BOUNDS = S.TIME_BUCKETS
@@ -181,6 +186,7 @@ class PoolEngine(Generic[C]):
         self._limit_read = False
         #: the last permanent connect error and when it happened, for wait()
         self._permanent: tuple[BaseException, float] | None = None
+        forks.register(self)  # a forked child starts clean (forks.py); nothing on the checkout path
 
     def _apply(self, config: PoolConfig) -> None:
         """Put ``config`` in force; the hot path reads these copies, not the config."""
@@ -202,6 +208,27 @@ class PoolEngine(Generic[C]):
         self._trace_all = self._leak_threshold is not None or bool(self.listeners.entries)
         self._trace_every = 1 if self._trace_all else every
         self._want_location = every > 0 or self.listeners.want_location
+
+    def rename(self, name: str) -> None:
+        """Call the pool ``name`` from now on (log lines, errors, stats): an adapter that
+        learns the pool's name only at the first connect (the URL's database) says so."""
+        old, self.name = self.name, name
+        self.core.name = name
+        self.core.breaker._name = name
+        self._leak_reports.pool_name = name
+        rt = self._rt
+        if rt is not None and hasattr(rt, "name"):
+            rt.name = name
+        if old != name:
+            logs.event(logger, logging.DEBUG, name, logs.POOL_NAMED, "named after its URL (was %s)", old)
+
+    def _flush_notes(self) -> None:
+        """Write the records the core decided under the lock (outage, breaker), outside it."""
+        if not self.core.notes:  # read without the lock: a list is never torn
+            return
+        with self._lock:
+            notes, self.core.notes = self.core.notes, []
+        logs.emit(self.name, notes)
 
     # ------------------------------------------------------------------ checkout
 
@@ -326,7 +353,22 @@ class PoolEngine(Generic[C]):
                     state = core.describe()
                     cause = core.last_connect_error if core.last_connect_error_at >= t0 else None
             if gave_up:
-                why = f"; last connect error: {describe_error(cause)}" if cause is not None else ""
+                described = describe_error(cause) if cause is not None else None
+                why = f"; last connect error: {described}" if described is not None else ""
+                if logger.isEnabledFor(logging.DEBUG):
+                    waited = self._clock() - t0
+                    logs.event(
+                        logger,
+                        logging.DEBUG,
+                        self.name,
+                        logs.CHECKOUT_TIMEOUT,
+                        "checkout gave up after %.3fs; %s%s",
+                        waited,
+                        state,
+                        why,
+                        wait_s=round(waited, 6),
+                        cause=described,
+                    )
                 raise self.errors.timeout(
                     f"pool {self.name}: no connection available within "
                     f"{self.config.acquire_timeout:g}s; {state}{why}"
@@ -349,7 +391,9 @@ class PoolEngine(Generic[C]):
                     core.checkouts -= 1
                     core.discard(slot)
                     connects = core.plan_connects(self._clock())
-                self._close_now(slot.conn, err if isinstance(err, Exception) else None)
+                self._close_now(
+                    slot.conn, err if isinstance(err, Exception) else None, why=logs.CLOSE_VALIDATION_ERROR
+                )
                 if connects:
                     self._spawn_connects(connects)
                 raise
@@ -365,7 +409,7 @@ class PoolEngine(Generic[C]):
                 core.mark_suspect(now)
                 connects = core.plan_connects(now)
                 nxt = core.take_idle(now)
-            self._close_soon(slot.conn)
+            self._close_soon(slot.conn, logs.CLOSE_VALIDATION_FAILED)
             if connects:
                 self._spawn_connects(connects)
             if nxt is None:
@@ -393,7 +437,21 @@ class PoolEngine(Generic[C]):
             if watchdog is not None:
                 watchdog.cancel()
         if not ok:
-            logger.info("pool %s: connection #%d failed validation", self.name, slot.id)
+            cause = _take_cause(slot.conn)
+            msg = "connection #%d failed validation%s"
+            tail = f": {cause}" if cause else ""
+            logs.event(
+                logger,
+                logging.DEBUG,
+                self.name,
+                logs.VALIDATION_FAILED,
+                msg,
+                slot.id,
+                tail,
+                conn_id=slot.id,
+                cause=cause,
+            )
+            logs.audit(self.name, logs.VALIDATION_FAILED, msg, slot.id, tail, conn_id=slot.id, cause=cause)
         return ok
 
     # ------------------------------------------------------------------- checkin
@@ -429,7 +487,7 @@ class PoolEngine(Generic[C]):
         if waiter is not None:
             waiter.wake()
         elif close:
-            self._closed_on_return(slot, now)
+            self._closed_on_return(slot, now, usable)
         elif self._barging and not self._serve_armed:
             self._arm_serve()
         if lease is not None:
@@ -537,10 +595,28 @@ class PoolEngine(Generic[C]):
             waiter.wake()
         self._arm_serve()
 
-    def _closed_on_return(self, slot: Slot[C], now: float) -> None:
+    def _closed_on_return(self, slot: Slot[C], now: float, usable: bool = True) -> None:
         with self._lock:
             connects = self.core.plan_connects(now)
-        self._close_soon(slot.conn)
+            closed = self.core.closed
+        if not usable:
+            why = logs.CLOSE_INVALIDATED
+            held = now - slot.checked_out_at
+            cause = _take_cause(slot.conn)
+            logs.audit(
+                self.name,
+                logs.INVALIDATE,
+                "connection #%d came back unusable after %.3fs%s",
+                slot.id,
+                held,
+                f": {cause}" if cause else "",
+                conn_id=slot.id,
+                held_s=round(held, 6),
+                cause=cause,
+            )
+        else:
+            why = logs.CLOSE_POOL_CLOSED if closed else logs.CLOSE_MAX_LIFETIME
+        self._close_soon(slot.conn, why)
         if connects:
             self._spawn_connects(connects)
 
@@ -573,6 +649,15 @@ class PoolEngine(Generic[C]):
             self.core.discard(slot)
             self.core.counters[S.CONNECTIONS_CLOSED] += 1
             connects = self.core.plan_connects(self._clock())
+        logs.audit(
+            self.name,
+            logs.CLOSE,
+            "connection #%d closed (%s)",
+            slot.id,
+            logs.CLOSE_DETACHED,
+            conn_id=slot.id,
+            reason=logs.CLOSE_DETACHED,
+        )
         if connects:
             self._spawn_connects(connects)
 
@@ -591,7 +676,7 @@ class PoolEngine(Generic[C]):
                 retired = self.core.retire_idle_before(now)
                 connects = self.core.plan_connects(now)
         for slot in retired:
-            self._close_soon(slot.conn)
+            self._close_soon(slot.conn, logs.CLOSE_SUSPECT)
         if connects:
             self._spawn_connects(connects)
 
@@ -695,7 +780,7 @@ class PoolEngine(Generic[C]):
         if waiter is not None:
             waiter.wake()
         if close:
-            self._close_soon(slot.conn)
+            self._close_soon(slot.conn, logs.CLOSE_PROBE_FAILED if not alive else logs.CLOSE_POOL_CLOSED)
         if connects:
             self._spawn_connects(connects)
         if error is not None and not isinstance(error, Exception):
@@ -841,8 +926,12 @@ class PoolEngine(Generic[C]):
             idle = self.core.drain_idle()
             self.core.breaker.reset()
             restart = bool(self.core.waiters)
+        self._flush_notes()
         for slot in idle:
-            self._close_now(slot.conn)
+            self._close_now(slot.conn, why=logs.CLOSE_DISPOSED)
+        logs.audit(
+            self.name, logs.POOL_DISPOSED, "disposed: %d idle connections closed", len(idle), closed=len(idle)
+        )
         if restart:
             self._ensure_started()
         return len(idle)
@@ -858,7 +947,64 @@ class PoolEngine(Generic[C]):
             w.wake()
         self._stop_runtime()
         for slot in idle:
-            self._close_now(slot.conn)
+            self._close_now(slot.conn, why=logs.CLOSE_POOL_CLOSED)
+        logs.audit(
+            self.name,
+            logs.POOL_CLOSED,
+            "closed for good: %d idle connections closed, %d waiters failed",
+            len(idle),
+            len(waiters),
+            closed=len(idle),
+            waiters=len(waiters),
+        )
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (run by :mod:`.forks` at the fork): forget the parent's connections.
+
+        They stay the parent's: their sockets are quarantined (nothing the child
+        does reaches the parent's sessions), the backend's optional ``forget``
+        makes each inert without I/O, and they are kept alive so no finalizer
+        runs on them. The engine gets a fresh lock (the parent's may be held by
+        a thread that does not exist here), a fresh core and no runtime: like a
+        new pool, it dials nobody until the child's first checkout.
+        """
+        old_core, old_rt = self.core, self._rt
+        conns = [s.conn for s in old_core.idle] + [s.conn for s in old_core.leased.values()]
+        self._lock = threading.RLock()
+        self._owned = self._lock._is_owned  # type: ignore[attr-defined]
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
+        self.core = PoolCore(self.config, self._clock, name=self.name, errors=self.errors)
+        self.core.closed = old_core.closed
+        self._rt = None
+        self._generation += 1  # connects the parent had in flight are not ours
+        self._serve_armed = False
+        self._permanent = None
+        self._waits = S.WaitSampler() if self.config.track_wait_times else None
+        timed = self.config.track_wait_times  # the histograms count the new core's checkouts
+        self._wait_hist = S.Timing() if timed else None
+        self._uses = S.Timing() if timed else None
+        self._creates = S.Timing() if timed else None
+        self._holders = profiling.HolderStats(self.config.holder_sample_every)  # its lock is fresh
+        self.listeners.after_fork()
+        self._leak_reports = leaks.LeakReporter(self.name)
+        forks.keep(old_core, old_rt, conns)
+        backend = self.backend
+        for conn in conns:  # first the byte-level guarantee, then the adapter's bookkeeping
+            try:
+                fd = backend.socket_fd(conn)
+            except Exception:
+                fd = None
+            forks.quarantine(fd)
+        forget: Callable[[C], None] | None = getattr(backend, "forget", None)
+        if forget is not None:
+            for conn in conns:
+                forget(conn)
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``key`` from outside the engine (the statement guard), under the lock."""
+        with self._lock:
+            self.core.counters[key] += n
 
     def check_invariants(self) -> None:
         with self._lock:
@@ -893,7 +1039,8 @@ class PoolEngine(Generic[C]):
         if rt is None or not rt.alive:
             return
         ref = weakref.ref(self)
-        rt.call_later(self.config.housekeeping_interval, lambda: _tick(ref))
+        # the pool's own work: never in the context (correlation id) of whoever started it
+        contextvars.Context().run(rt.call_later, self.config.housekeeping_interval, lambda: _tick(ref))
 
     def _spawn_connects(self, n: int) -> None:
         """Start ``n`` connects already counted as pending in the core."""
@@ -933,6 +1080,7 @@ class PoolEngine(Generic[C]):
             permanent = backend.is_permanent(err) or not backend.is_transient(err)
             with self._lock:
                 go_on = self.core.note_connect_failure(err, now)
+            self._flush_notes()
             cfg = self.config
             if go_on and not permanent and attempt <= cfg.retry_attempts:
                 delay = _backoff(cfg.retry_backoff_initial, cfg.retry_backoff_max, attempt)
@@ -961,14 +1109,27 @@ class PoolEngine(Generic[C]):
                 self.core.connect_dropped()
                 keep = False
                 waiter = None
+                slot = None
             else:
                 slot, waiter = self.core.connect_succeeded(conn, now)
                 slot.poller = poller
                 setattr(conn, SLOT_ATTR, slot)
                 keep = not self.core.closed
             connects = self.core.plan_connects(now)
-        if not keep:
-            self._close_now(conn)
+        self._flush_notes()
+        if keep and slot is not None:
+            took = now - started
+            logs.audit(
+                self.name,
+                logs.CONNECT,
+                "connection #%d opened in %.3fs",
+                slot.id,
+                took,
+                conn_id=slot.id,
+                connect_s=round(took, 6),
+            )
+        else:  # dropped (no slot) after dispose(), or the pool was closed meanwhile
+            self._close_now(conn, why=logs.CLOSE_DISPOSED if slot is None else logs.CLOSE_POOL_CLOSED)
         if waiter is not None:
             waiter.wake()
         if connects:
@@ -990,41 +1151,52 @@ class PoolEngine(Generic[C]):
                 self._permanent = (err, now)
             # probe again only for someone: waiters, or a pool that has worked before
             wanted = bool(self.core.waiters) or self.core.refill
-        logger.log(
-            logging.DEBUG if probe_at is not None else logging.WARNING,
-            "pool %s: connect failed: %s",
-            self.name,
-            describe_error(err),
-        )
+        # no line here: the core noted the failure (outage_started, then once per backoff step)
         for w in failed:
             w.wake()
         rt = self._rt
         if probe_at is not None and wanted and rt is not None and rt.alive:
             ref = weakref.ref(self)
-            rt.call_at(probe_at, lambda: _kick(ref))
+            contextvars.Context().run(rt.call_at, probe_at, lambda: _kick(ref))
 
     def _read_server_limit(self, conn: C) -> None:
         try:
             limit = self.backend.server_limit(conn)
         except Exception as err:  # informative only: never fail the pool for it
-            logger.debug("pool %s: could not read the server's connection limit: %s", self.name, err)
+            cause = describe_error(err)
+            logs.event(
+                logger,
+                logging.DEBUG,
+                self.name,
+                logs.SERVER_LIMIT_UNKNOWN,
+                "could not read the server's connection limit: %s",
+                cause,
+                cause=cause,
+            )
             return
         self.server_limit = limit
         if limit is not None and self.config.max_size > limit:
-            logger.warning(
-                "pool %s: max_size=%d exceeds the server's connection limit (%d): the server "
-                "will refuse connections before this pool reaches its ceiling",
+            logs.event(
+                logger,
+                logging.WARNING,
                 self.name,
+                logs.SERVER_LIMIT,
+                "max_size=%d exceeds the server's connection limit (%d): the server "
+                "will refuse connections before this pool reaches its ceiling",
                 self.config.max_size,
                 limit,
+                max_size=self.config.max_size,
+                limit=limit,
             )
 
     def _housekeep(self) -> None:
         now = self._clock()
         with self._lock:
             plan = self.core.housekeep(now)
-        for slot in plan.close:
-            self._close_soon(slot.conn)
+        for slot in plan.close:  # the core's own test: expired, else surplus idle
+            self._close_soon(
+                slot.conn, logs.CLOSE_MAX_LIFETIME if now >= slot.expires_at else logs.CLOSE_IDLE_TIMEOUT
+            )
         for slot in plan.ping:
             if not self._submit_job(lambda s=slot: self._keepalive(s)):  # type: ignore[misc]
                 self._keepalive(slot)
@@ -1039,7 +1211,18 @@ class PoolEngine(Generic[C]):
         try:
             ok = self._ping(slot)
         except Exception as err:  # a background ping has nobody to tell: the connection goes
-            logger.info("pool %s: keepalive failed: %s", self.name, describe_error(err))
+            cause = describe_error(err)
+            logs.event(
+                logger,
+                logging.DEBUG,
+                self.name,
+                logs.KEEPALIVE_FAILED,
+                "keepalive of connection #%d failed: %s",
+                slot.id,
+                cause,
+                conn_id=slot.id,
+                cause=cause,
+            )
             ok = False
         now = self._clock()
         with self._lock:
@@ -1048,7 +1231,7 @@ class PoolEngine(Generic[C]):
         if waiter is not None:
             waiter.wake()
         if close:
-            self._close_now(slot.conn)
+            self._close_now(slot.conn, why=logs.CLOSE_KEEPALIVE_FAILED if not ok else logs.CLOSE_POOL_CLOSED)
         if connects:
             self._spawn_connects(connects)
 
@@ -1058,19 +1241,42 @@ class PoolEngine(Generic[C]):
         if connects:
             self._spawn_connects(connects)
 
-    def _close_soon(self, conn: C) -> None:
-        """Close off the request path when background jobs run."""
-        if not self._submit_job(lambda: self._close_now(conn)):
-            self._close_now(conn)
+    def _close_soon(self, conn: C, why: str = logs.CLOSE_UNSPECIFIED) -> None:
+        """Close off the request path when background jobs run (``why``: the audit's reason)."""
+        if not self._submit_job(lambda: self._close_now(conn, why=why)):
+            self._close_now(conn, why=why)
 
-    def _close_now(self, conn: C, reason: BaseException | None = None) -> None:
+    def _close_now(
+        self, conn: C, reason: BaseException | None = None, *, why: str = logs.CLOSE_UNSPECIFIED
+    ) -> None:
+        """Close one connection; ``reason`` (the error that condemned it) goes to the backend,
+        ``why`` (one of the ``logs.CLOSE_*`` reasons) to the audit record."""
         try:
             self.backend.close(conn, reason)
         except Exception as err:
-            logger.debug("pool %s: close failed: %s", self.name, describe_error(err))
+            failed = describe_error(err)
+            logs.event(
+                logger, logging.DEBUG, self.name, logs.CLOSE_FAILED, "close failed: %s", failed, cause=failed
+            )
         finally:
             with self._lock:
                 self.core.counters[S.CONNECTIONS_CLOSED] += 1
+        if logs.audit_enabled():
+            slot = getattr(conn, SLOT_ATTR, None)
+            conn_id = slot.id if slot is not None else None
+            age = round(self._clock() - slot.created_at, 3) if slot is not None else None
+            condemned = describe_error(reason) if reason is not None else None
+            logs.audit(
+                self.name,
+                logs.CLOSE,
+                "connection #%s closed (%s)",
+                conn_id if conn_id else "?",
+                why,
+                conn_id=conn_id,
+                reason=why,
+                age_s=age,
+                cause=condemned,
+            )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1103,6 +1309,15 @@ class _DriverWatch:
 
     def poll(self, timeout: int) -> bool:
         return self._closed()
+
+
+def _take_cause(conn: Any) -> str | None:
+    """What the adapter left on ``conn`` about why it is bad (see :data:`CAUSE_ATTR`), once."""
+    cause = getattr(conn, CAUSE_ATTR, None)
+    if cause is not None:
+        with contextlib.suppress(AttributeError):
+            delattr(conn, CAUSE_ATTR)
+    return cause if isinstance(cause, str) else None
 
 
 def _abort_socket(fd: int) -> None:

@@ -16,7 +16,10 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-logger = logging.getLogger("sqlalchemy_smartpool.leaks")
+from . import logs
+from .errors import redact
+
+logger = logging.getLogger(logs.LEAKS_LOGGER)
 
 #: frames from these packages' directories are skipped: the user wants *their* call site.
 #: Directory prefixes, not name fragments, so a user's own ``learn_sqlalchemy/`` stays in.
@@ -47,12 +50,16 @@ _MAX_FRAMES = 40
 class Lease:
     """Who holds a connection: the thread, the stack of the checkout, the last SQL run."""
 
-    __slots__ = ("reported", "sampled", "stack", "statement", "thread", "wait")
+    __slots__ = ("correlation_id", "reported", "sampled", "stack", "statement", "thread", "wait")
 
-    def __init__(self, thread: str, stack: tuple[tuple[str, int, str], ...]) -> None:
+    def __init__(
+        self, thread: str, stack: tuple[tuple[str, int, str], ...], correlation_id: str | None = None
+    ) -> None:
         self.thread = thread
         self.stack = stack
         self.reported = False
+        #: the request that checked out (:func:`~.logs.correlation_id`), for the leak report
+        self.correlation_id = correlation_id
         #: the last statement executed on the connection (SQL text only, never parameters)
         self.statement: str | None = None
         #: seconds the checkout queued, and whether top_holders() samples it (profiling.py)
@@ -99,7 +106,7 @@ def capture() -> Lease:
             frames.append((filename, f.f_lineno, code.co_name))
         f = f.f_back
     frames.reverse()
-    return Lease(_holder(), tuple(frames))
+    return Lease(_holder(), tuple(frames), logs.current_correlation_id())
 
 
 def caller(depth: int = 1) -> tuple[str, int, str] | None:
@@ -163,14 +170,30 @@ def note_statement(lease: Lease, statement: str) -> None:
 
 class LeakReporter:
     """Logs each suspected leak once, its return if it comes back, and
-    connections the garbage collector reclaimed without a return."""
+    connections the garbage collector reclaimed without a return -- on the
+    ``sqlalchemy_smartpool.leaks`` logger and on the audit logger."""
 
     def __init__(self, pool_name: str) -> None:
         self.pool_name = pool_name
 
     def _details(self, lease: Lease) -> str:
-        statement = f"\n  last statement: {lease.statement}" if lease.statement else ""
+        statement = f"\n  last statement: {redact(lease.statement)}" if lease.statement else ""
         return f"checked out by thread {lease.thread!r} at:\n{lease.format_stack()}{statement}"
+
+    def _report(self, level: int, event: str, msg: str, *args: Any, **fields: Any) -> None:
+        logs.event(logger, level, self.pool_name, event, msg, *args, _depth=3, **fields)
+        logs.audit(self.pool_name, event, msg, *args, **fields)
+
+    @staticmethod
+    def _fields(slot: Any, lease: Lease, held: float) -> dict[str, Any]:
+        return {
+            "conn_id": slot.id,
+            "held_s": round(held, 3),
+            "holder": lease.thread,
+            "stack": lease.format_stack(),
+            "statement": redact(lease.statement) if lease.statement else None,
+            "correlation_id": lease.correlation_id,  # the checkout's, not the housekeeper's
+        }
 
     def suspected(self, slot: Any, now: float) -> bool:
         """Report a connection held past the threshold; True the first time only."""
@@ -178,23 +201,32 @@ class LeakReporter:
         if not isinstance(lease, Lease) or lease.reported:
             return False
         lease.reported = True
-        logger.warning(
-            "pool %s: connection #%d held for %.1fs -- possible leak; %s",
-            self.pool_name,
+        held = now - slot.checked_out_at
+        self._report(
+            logging.WARNING,
+            logs.LEAK_SUSPECTED,
+            "connection #%d held for %.1fs -- possible leak; %s",
             slot.id,
-            now - slot.checked_out_at,
+            held,
             self._details(lease),
+            **self._fields(slot, lease, held),
         )
         return True
 
     def returned(self, slot: Any, lease: Any, now: float) -> bool:
         """Note the return of a reported leak; True if it had been reported."""
         if isinstance(lease, Lease) and lease.reported:
-            logger.info(
-                "pool %s: connection #%d reported as a possible leak came back after %.1fs",
-                self.pool_name,
+            held = now - slot.checked_out_at
+            self._report(
+                logging.INFO,
+                logs.LEAK_RETURNED,
+                "connection #%d reported as a possible leak came back after %.1fs",
                 slot.id,
-                now - slot.checked_out_at,
+                held,
+                conn_id=slot.id,
+                held_s=round(held, 3),
+                holder=lease.thread,
+                correlation_id=lease.correlation_id,
             )
             return True
         return False
@@ -203,13 +235,15 @@ class LeakReporter:
         """A checkout was never returned: the garbage collector reclaimed it."""
         if not isinstance(lease, Lease):
             return
-        logger.warning(
-            "pool %s: connection #%d was never returned; the garbage collector reclaimed it "
-            "after %.1fs; %s",
-            self.pool_name,
+        held = now - slot.checked_out_at
+        self._report(
+            logging.WARNING,
+            logs.LEAK_COLLECTED,
+            "connection #%d was never returned; the garbage collector reclaimed it after %.1fs; %s",
             slot.id,
-            now - slot.checked_out_at,
+            held,
             self._details(lease),
+            **self._fields(slot, lease, held),
         )
 
 

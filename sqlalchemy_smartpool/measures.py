@@ -252,6 +252,11 @@ MEASURES: tuple[Measure, ...] = (
     _c("breaker.closed", "{transition}", "Breaker transitions to closed (recovered, or reset by dispose()).",
        S.BREAKER_CLOSED, "smartpool.breaker.transitions", attrs={TRANSITION_ATTR: "closed"},
        prom=S.BREAKER_CLOSED, statsd=S.BREAKER_CLOSED),
+    # -- the statement guard (guard.py, docs/guard.md) ------------------------------------
+    _c("guard.detections", "{statement}", "Statements the statement guard flagged (any mode).",
+       S.GUARD_DETECTIONS, "smartpool.guard.detections", prom=S.GUARD_DETECTIONS, statsd=S.GUARD_DETECTIONS),
+    _c("guard.rejections", "{statement}", "Statements the statement guard refused to send (enforce mode).",
+       S.GUARD_REJECTIONS, "smartpool.guard.rejections", prom=S.GUARD_REJECTIONS, statsd=S.GUARD_REJECTIONS),
 )  # fmt: skip
 
 #: descriptions of instruments several rows share (the semantic conventions' own words

@@ -25,7 +25,7 @@ from sqlalchemy.engine.url import URL, make_url
 
 from . import drivers, urltemplate
 from .config import ENV_PREFIX, POOL_KEYWORDS, SA_POOL_ARGUMENTS, URL_PREFIX, from_pool_arguments
-from .errors import SecretError
+from .errors import ConfigError, SecretError
 from .pool import AsyncSmartPool, SmartPool
 from .urlcrypt import ENV_URL_ENCRYPTED, decrypt_url
 
@@ -42,7 +42,10 @@ class SmartPoolPlugin(CreateEnginePlugin):
         self._url = _from_stub(url, self._environ) if url.drivername == STUB_SCHEME else None
         real = self._url or url
         self._query = {k: v for k, v in real.query.items() if k.startswith(URL_PREFIX)}
+        #: the pool's name unless the code gives one (a placeholder is learnt resolved, at the first connect)
+        self._database = None if urltemplate.has_placeholders(real.database) else real.database
         check_placeholders(real)  # a missing secret fails at create_engine, naming the placeholder
+        self._guard = _guard_settings(self._query, self._environ)  # takes its keys out of both
         # fail now, at create_engine(), even if the app then picks another pool class
         from_pool_arguments(
             None, {}, {}, environ=self._environ, url_query=self._query, backend=_backend_name(real)
@@ -52,7 +55,7 @@ class SmartPoolPlugin(CreateEnginePlugin):
         kwargs.setdefault("poolclass", AsyncSmartPool if is_async else SmartPool)
 
     def update_url(self, url: URL) -> URL:
-        return (self._url or url).difference_update_query(self._query)
+        return (self._url or url).difference_update_query([*self._query, *GUARD_URL_KEYS])
 
     def handle_pool_kwargs(self, pool_cls: type, pool_args: dict[str, Any]) -> None:
         """Merge code, file, environment and URL into the final ``pool_config``, consuming the keys merged."""
@@ -61,6 +64,7 @@ class SmartPoolPlugin(CreateEnginePlugin):
         given = {k: pool_args.pop(k) for k in POOL_KEYWORDS if k in pool_args}
         sa_given = {k: pool_args.pop(k) for k in SA_POOL_ARGUMENTS if k in pool_args}
         dialect = pool_args.get("dialect")
+        drivers.note_database(dialect, self._database)
         pool_args["pool_config"] = from_pool_arguments(
             pool_args.pop("pool_config", None),
             given,
@@ -74,6 +78,12 @@ class SmartPoolPlugin(CreateEnginePlugin):
     def engine_created(self, engine: Engine) -> None:
         # for any pool class: SmartPool installs the same hook itself (once per dialect)
         drivers.install_url_templates(engine.dialect)
+        # smartpool_statement_guard=detect|enforce (URL) or SMARTPOOL_STATEMENT_GUARD: docs/guard.md
+        mode, allowlist, source = self._guard
+        if mode != "off":
+            from .guard import install_guard
+
+            install_guard(engine, mode, allowlist, source=source)
 
 
 def _backend_name(url: URL) -> str | None:
@@ -88,6 +98,31 @@ def _dialect_is_async(url: URL) -> bool:
         return bool(url.get_dialect().is_async)
     except Exception:  # an unknown dialect fails later, in create_engine, with SQLAlchemy's error
         return False
+
+
+#: the statement guard's settings: URL query keys and environment variables (URL wins)
+GUARD_URL_KEYS = (f"{URL_PREFIX}statement_guard", f"{URL_PREFIX}statement_guard_allowlist")
+GUARD_ENV_KEYS = (f"{ENV_PREFIX}STATEMENT_GUARD", f"{ENV_PREFIX}STATEMENT_GUARD_ALLOWLIST")
+
+
+def _guard_settings(query: dict[str, Any], environ: dict[str, str]) -> tuple[str, str | None, str]:
+    """Pop the guard's keys (they are no pool settings) and validate them now: a typo fails at
+    ``create_engine()``. Returns (mode, allow-list path, where the mode came from)."""
+    from .guard import settings_from_text
+
+    found: dict[str, tuple[str, str]] = {}
+    for name, env_key, url_key in zip(
+        ("statement_guard", "statement_guard_allowlist"), GUARD_ENV_KEYS, GUARD_URL_KEYS, strict=True
+    ):
+        if env_key in environ:
+            found[name] = (environ.pop(env_key), f"environment variable {env_key}")
+        if url_key in query:
+            raw, source = query.pop(url_key), f"URL parameter {url_key}"
+            if not isinstance(raw, str):
+                raise ConfigError(name, raw, "given more than once in the URL", source=source)
+            found[name] = (raw, source)
+    mode, path = settings_from_text(found)
+    return mode, path, found.get("statement_guard", ("", "default"))[1]
 
 
 def _from_stub(stub: URL, environ: Mapping[str, str]) -> URL:

@@ -10,7 +10,6 @@ exception types, and (for asyncio) the event loop as the engine's runtime.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -21,18 +20,16 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnDialect, _ConnectionRecord
 
-from . import drivers, leaks, profiling
+from . import drivers, forks, leaks, profiling
 from . import stats as S
 from .config import PoolConfig, from_pool_arguments
 from .core import PoolCore
-from .engine import SLOT_ATTR, PoolEngine, Runtime
+from .engine import CAUSE_ATTR, SLOT_ATTR, PoolEngine, Runtime
 from .errors import describe_error
 from .health import HealthChecker, checker_for
 from .sa_errors import SQLALCHEMY_ERRORS
 from .sched import Housekeeper
 from .sched_asyncio import checkout_on_loop
-
-logger = logging.getLogger("sqlalchemy_smartpool.pool")
 
 _UNSET: Any = object()
 
@@ -47,7 +44,11 @@ class _RecordBackend:
         self._ping_opens_transaction = drivers.ping_opens_transaction(pool._dialect)
 
     def open(self) -> _ConnectionRecord:
-        return _ConnectionRecord(self._pool)
+        try:
+            return _ConnectionRecord(self._pool)
+        finally:  # the connect arguments named the database (or failed to): before any log line
+            if not self._pool._name_known:
+                self._pool._learn_name()
 
     def close(self, conn: _ConnectionRecord, reason: BaseException | None = None) -> None:
         if reason is not None:  # fires SQLAlchemy's invalidate event, as its pre-ping does
@@ -86,7 +87,7 @@ class _RecordBackend:
         except Exception as err:
             if judged or not self._is_disconnect(err, dbapi_conn):
                 raise
-            logger.info("pool %s: validation failed: %s", self._pool._pool_name, describe_error(err))
+            setattr(conn, CAUSE_ATTR, describe_error(err))  # for the engine's validation_failed line
             return False
 
     def _is_disconnect(self, err: BaseException, dbapi_conn: Any) -> bool:
@@ -118,6 +119,26 @@ class _RecordBackend:
 
     def server_limit(self, conn: _ConnectionRecord) -> int | None:
         return drivers.server_connection_limit(self._dialect, conn.dbapi_connection)
+
+    def forget(self, conn: _ConnectionRecord) -> None:
+        """In a forked child: make a record of the parent's inert, without I/O.
+
+        As SQLAlchemy's own invalidation does: a fairy (checked out in the
+        parent) loses its DBAPI connection and its GC finalizer, so closing it
+        in the child resets nothing, rolls nothing back and only returns the
+        record, which is no longer ours and is dropped. The DBAPI connection
+        is kept alive: a driver finalizer (mysqlclient sends ``COM_QUIT``) never runs.
+        """
+        ref = conn.fairy_ref
+        fairy = ref() if ref is not None else None
+        if fairy is not None:
+            finalizer = getattr(fairy, "_finalizer", None)  # SQLAlchemy >= 2.1
+            if finalizer is not None:
+                finalizer.detach()
+            fairy.dbapi_connection = None  # type: ignore[assignment]
+        forks.keep(conn.dbapi_connection, fairy)
+        conn.dbapi_connection = None
+        conn.__dict__.pop(SLOT_ATTR, None)
 
 
 class SmartPool(Pool):
@@ -231,13 +252,20 @@ class SmartPool(Pool):
         )
         self._check_dialect(dialect)
         self._clock: Callable[[], float] = clock or time.monotonic
-        self._pool_name = self._config.name or f"0x{id(self):x}"
+        # the name: name=, else pool_logging_name, else the URL's database (noted by the
+        # plugin now, or at the first connect by a do_connect hook), else the pool's id
+        chosen = self._config.name or logging_name
+        database = drivers.noted_database(self._dialect) if real_dialect else None
+        #: False while the name is only the id (metrics then use their own default)
+        self._name_known = bool(chosen or database)
+        self._pool_name: str = chosen or database or f"0x{id(self):x}"
         # without a dialect (a bare pool) there is no ping, only a validation_query
         can_validate = self._config.validation_query is not None or real_dialect
         if real_dialect and self._config.connect_timeout is not None:
             drivers.install_connect_timeout(self._dialect, self._config.connect_timeout)
         if real_dialect:
             drivers.install_url_templates(self._dialect)
+            drivers.install_database_note(self._dialect)
         if real_dialect and self._config.leak_detection_threshold is not None:
             drivers.install_statement_hook(self._dialect, _note_statement)
         # recreate() copies the old pool's listeners (``_dispatch``): add it once
@@ -245,6 +273,9 @@ class SmartPool(Pool):
             self, "connect", drivers.after_connect
         ):
             event.listen(self, "connect", drivers.after_connect)
+        for name in ("invalidate", "soft_invalidate"):  # the cause, for the engine's audit line
+            if not event.contains(self, name, _note_invalidation):
+                event.listen(self, name, _note_invalidation)
         self._engine: PoolEngine[_ConnectionRecord] = PoolEngine(
             self._config,
             _RecordBackend(self),
@@ -277,6 +308,20 @@ class SmartPool(Pool):
     @property
     def config(self) -> PoolConfig:
         return self._config
+
+    @property
+    def name(self) -> str:
+        """What log lines, errors and ``stats()`` call this pool: ``name=``, else
+        ``pool_logging_name``, else the URL's database, else ``0x<id>``."""
+        return self._pool_name
+
+    def _learn_name(self) -> None:
+        """After a connect: take the database its arguments named, if one did."""
+        database = drivers.noted_database(self._dialect)
+        if database is not None and not self._name_known:
+            self._name_known = True
+            self._pool_name = database
+            self._engine.rename(database)
 
     @property
     def _core(self) -> PoolCore[_ConnectionRecord]:
@@ -408,6 +453,12 @@ class SmartPool(Pool):
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _note_invalidation(dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
+    """SQLAlchemy invalidated a record (a disconnect, ``invalidate()``): keep why, redacted."""
+    if exception is not None and record is not None and record.__dict__.get(SLOT_ATTR) is not None:
+        setattr(record, CAUSE_ATTR, describe_error(exception))
 
 
 def _note_statement(record: Any, statement: str) -> None:

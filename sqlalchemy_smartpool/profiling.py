@@ -206,6 +206,10 @@ class Listeners:
             self.entries = kept
         return found
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh lock (a parent thread may have held this one); listeners stay."""
+        self._lock = threading.Lock()
+
     def call(self, timing: CheckoutTiming) -> None:
         """Run every listener; one that raises is logged once (its type only) and kept."""
         for fn, _ in self.entries:

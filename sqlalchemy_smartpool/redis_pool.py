@@ -34,11 +34,11 @@ from redis import exceptions as redis_exc
 from redis._parsers import Encoder
 from redis.credentials import CredentialProvider
 
-from . import leaks, profiling, urltemplate
+from . import forks, leaks, logs, profiling, urltemplate
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
-from .engine import SLOT_ATTR, Pending, PoolEngine, Runtime
-from .errors import ConfigError
+from .engine import CAUSE_ATTR, SLOT_ATTR, Pending, PoolEngine, Runtime
+from .errors import ConfigError, describe_error, redact
 from .health import HealthChecker, checker_for
 from .redis_errors import REDIS_ERRORS
 from .sched import Housekeeper
@@ -214,6 +214,16 @@ def _parse_maxclients(reply: Any) -> int | None:
         return None
 
 
+def default_name(conn_kwargs: Mapping[str, Any]) -> str:
+    """``redis-<host>:<port>/<db>`` (``redis-unix:<path>/<db>``): where the pool connects, never
+    who it is (no user, no password); a placeholder is shown as written."""
+    db = conn_kwargs.get("db", 0)
+    path = conn_kwargs.get("path")
+    if path:
+        return redact(f"redis-unix:{path}/{db}")
+    return redact(f"redis-{conn_kwargs.get('host', 'localhost')}:{conn_kwargs.get('port', 6379)}/{db}")
+
+
 def _ok_pong(reply: Any) -> bool:
     return reply in (b"PONG", "PONG", True)
 
@@ -293,13 +303,16 @@ class _SyncBackend:
 
     def ping(self, conn: Any) -> bool:
         if not self.same_wire(conn):
+            setattr(conn, CAUSE_ATTR, "disconnected (redis-py closed or replaced its socket)")
             return False
         try:
             if self._can_read(conn):  # unread data: a reply nobody read, or the server's goodbye
+                setattr(conn, CAUSE_ATTR, "unread data on the connection (or the server closed it)")
                 return False
             self._await(conn.send_command("PING", check_health=False))
             return _ok_pong(self._await(conn.read_response()))
-        except _DISCONNECTS:
+        except _DISCONNECTS as err:
+            setattr(conn, CAUSE_ATTR, describe_error(err))
             return False
 
     def reusable(self, conn: Any) -> bool:
@@ -315,7 +328,11 @@ class _SyncBackend:
     def judge(self, conn: Any) -> tuple[bool, bool]:
         """For :meth:`PoolEngine.return_judged`: (may serve again, died while held)."""
         usable = self.reusable(conn)
-        return usable, not usable and not self.same_wire(conn)
+        died = not usable and not self.same_wire(conn)
+        if not usable:  # why, for the engine's invalidate line
+            why = "disconnected while checked out" if died else "unread data, or marked for reconnect"
+            setattr(conn, CAUSE_ATTR, why)
+        return usable, died
 
     def is_transient(self, err: BaseException) -> bool:
         return _is_transient(err)
@@ -365,11 +382,12 @@ class _PoolBase:
         self._connection_kwargs = conn_kwargs
         self._config = config
         self._clock: Callable[[], float] = time.monotonic
-        self._name = config.name or f"redis-0x{id(self):x}"
+        self._name = config.name or default_name(conn_kwargs)
         self.cache = None  # client-side caching is not supported (see the module docstring)
         self._fork_lock = threading.Lock()
         self._engine = self._new_engine()
         self.pid = os.getpid()
+        forks.register(self)
 
     @classmethod
     def from_url(cls: type[_P], url: str, **kwargs: Any) -> _P:
@@ -396,9 +414,18 @@ class _PoolBase:
             engine.adopt_listeners(old.listeners)
         return engine
 
+    def _after_fork_in_child(self) -> None:
+        """Run by :mod:`.forks` in a forked child: a fresh lock and engine at once. The old
+        engine, reset by the same hook, quarantines and keeps the parent's connections."""
+        self._fork_lock = threading.Lock()
+        self._engine = self._new_engine()
+        self.pid = os.getpid()
+
     def _checkpid(self) -> None:
-        """After ``os.fork()``: a fresh engine for the child; the parent's connections are
-        forgotten (never reused, closed or shut down here)."""
+        """redis-py's pid check, for a fork that skipped Python's at-fork hooks (C code calling
+        ``fork()``; after ``os.fork()`` :meth:`_after_fork_in_child` has already run): a fresh
+        engine for the child; the parent's connections are forgotten (never reused, closed or
+        shut down here)."""
         if self.pid == os.getpid():
             return
         lock = self._fork_lock
@@ -428,6 +455,11 @@ class _PoolBase:
         if inuse_connections:
             for conn in engine.connections(in_use_only=True):
                 engine.backend.close(conn)
+                slot = getattr(conn, SLOT_ATTR, None)
+                why = logs.CLOSE_CLIENT_DISCONNECT
+                conn_id = slot.id if slot is not None else None
+                msg = "connection #%s closed (%s)"
+                logs.audit(engine.name, logs.CLOSE, msg, conn_id, why, conn_id=conn_id, reason=why)
 
     def _re_auth(self, token: Any) -> None:
         for conn in self._engine.connections():
@@ -451,6 +483,12 @@ class _PoolBase:
     @property
     def config(self) -> PoolConfig:
         return self._config
+
+    @property
+    def name(self) -> str:
+        """What log lines, errors, ``stats()`` and metrics call this pool: ``name=``, else
+        ``redis-<host>:<port>/<db>``."""
+        return self._name
 
     def get_protocol(self) -> Any:
         return self._connection_kwargs.get("protocol")

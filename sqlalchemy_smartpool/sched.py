@@ -11,6 +11,8 @@ threads alive forever.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import heapq
 import itertools
 import logging
@@ -21,9 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import logs
 from .core import Waiter
 
-logger = logging.getLogger("sqlalchemy_smartpool.sched")
+logger = logging.getLogger(logs.SCHED_LOGGER)
 
 _STOP = object()
 
@@ -93,7 +96,9 @@ class Housekeeper:
     # -- timed work -------------------------------------------------------------------
 
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
-        timer = Timer(when, fn, self)
+        """Run ``fn`` at ``when`` on the timer thread, in the caller's ``contextvars``
+        context (as asyncio's ``call_later`` does: a correlation ID follows the work)."""
+        timer = Timer(when, functools.partial(contextvars.copy_context().run, fn), self)
         with self._cond:
             if self._stopped:
                 timer.cancelled = True
@@ -140,12 +145,21 @@ class Housekeeper:
             try:
                 timer.fn()
             except Exception:  # a bug in one task must not kill the housekeeper
-                logger.exception("pool %s: housekeeping task failed", self.name)
+                logs.event(
+                    logger,
+                    logging.ERROR,
+                    self.name,
+                    logs.TASK_FAILED,
+                    "housekeeping task failed",
+                    exc_info=True,
+                )
 
     # -- blocking work ----------------------------------------------------------------
 
     def submit(self, fn: Callable[[], None]) -> bool:
         """Run ``fn`` on a worker thread; False (and nothing runs) once stopped.
+
+        It runs in the caller's ``contextvars`` context, as an asyncio task would.
 
         A worker is spawned when the queued jobs outnumber the idle workers
         and the cap allows; otherwise the job waits for the next free one.
@@ -157,7 +171,7 @@ class Housekeeper:
             if spawn:
                 self._workers += 1
             # queued under the lock so an idle worker cannot decide to exit in between
-            self._jobs.put(fn)
+            self._jobs.put(functools.partial(contextvars.copy_context().run, fn))
         if spawn:
             threading.Thread(
                 target=self._run_worker, name=f"smartpool-worker-{self.name}", daemon=True
@@ -186,7 +200,9 @@ class Housekeeper:
             try:
                 job()  # type: ignore[operator]
             except Exception:
-                logger.exception("pool %s: background job failed", self.name)
+                logs.event(
+                    logger, logging.ERROR, self.name, logs.JOB_FAILED, "background job failed", exc_info=True
+                )
 
     # -- waiting ----------------------------------------------------------------------
 

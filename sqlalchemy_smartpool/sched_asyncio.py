@@ -19,10 +19,11 @@ from asyncio.events import _get_running_loop
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from . import logs
 from .core import Waiter
 from .errors import WrongEventLoop
 
-logger = logging.getLogger("sqlalchemy_smartpool.sched")
+logger = logging.getLogger(logs.SCHED_LOGGER)
 
 Spawn = Callable[[Callable[[], None]], Coroutine[Any, Any, None]]
 AwaitFn = Callable[[Awaitable[Any]], Any]
@@ -115,7 +116,8 @@ class LoopRuntime:
             try:
                 fn()
             except Exception:  # a bug in one task must not go unnoticed, nor stop the others
-                logger.exception("pool %s: housekeeping task failed", self.name)
+                failed = "housekeeping task failed"
+                logs.event(logger, logging.ERROR, self.name, logs.TASK_FAILED, failed, exc_info=True)
 
         def arm() -> None:
             if not timer.cancelled and not self._stopped:
@@ -152,7 +154,8 @@ class LoopRuntime:
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("pool %s: background job failed", self.name)
+            failed = "background job failed"
+            logs.event(logger, logging.ERROR, self.name, logs.JOB_FAILED, failed, exc_info=True)
 
     # -- waiting ----------------------------------------------------------------------
 

@@ -45,6 +45,9 @@ BREAKER_OPENED = "breaker_opened"
 BREAKER_HALF_OPENED = "breaker_half_opened"
 BREAKER_REOPENED = "breaker_reopened"
 BREAKER_CLOSED = "breaker_closed"
+#: the statement guard (guard.py): statements it flagged, and those it refused (enforce mode)
+GUARD_DETECTIONS = "guard_detections"
+GUARD_REJECTIONS = "guard_rejections"
 
 COUNTERS: tuple[str, ...] = (
     CHECKOUTS,
@@ -69,6 +72,8 @@ COUNTERS: tuple[str, ...] = (
     BREAKER_HALF_OPENED,
     BREAKER_REOPENED,
     BREAKER_CLOSED,
+    GUARD_DETECTIONS,
+    GUARD_REJECTIONS,
 )
 
 # Timings (histograms, seconds): the keys of PoolStats.timings

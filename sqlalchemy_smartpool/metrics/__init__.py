@@ -142,19 +142,23 @@ def pool_kind(pool: Any) -> str:
 
 
 def pool_name(pool: Any, override: str | None = None) -> str | None:
-    """The name a user gave the pool: ``name=`` here, else ``PoolConfig.name``, else the
-    SQLAlchemy ``pool_logging_name``. Never derived from the URL."""
+    """The pool's name, as its log lines say it: ``name=`` here, else ``PoolConfig.name``,
+    else the SQLAlchemy ``pool_logging_name``, else what the pool calls itself from where it
+    connects (SmartPool: the URL's database; the Redis pools: ``redis-<host>:<port>/<db>``).
+    Never a user or a password; None when the pool has no name but its id."""
     if override:
         return override
     config = getattr(pool, "config", None)
     name = getattr(config, "name", None) or getattr(pool, "logging_name", None)
+    if not name and getattr(pool, "_name_known", True):  # SmartPool: False while only its id
+        name = getattr(pool, "name", None)
     return name if isinstance(name, str) and name else None
 
 
 def pool_label(pool: Any, override: str | None = None) -> str:
-    """The name every exporter gives a pool: its own name, else ``"default"`` for a SQLAlchemy
-    pool and the kind (``"redis"``) for others -- never derived from the URL, and the same
-    in Prometheus' ``pool`` label, OpenTelemetry's ``db.client.connection.pool.name`` and StatsD."""
+    """The name every exporter gives a pool: :func:`pool_name`, else ``"default"`` for a
+    SQLAlchemy pool and the kind (``"redis"``) for others -- the same in Prometheus' ``pool``
+    label, OpenTelemetry's ``db.client.connection.pool.name`` and StatsD."""
     kind = pool_kind(pool)
     return pool_name(pool, override) or ("default" if kind == "sqlalchemy" else kind)
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from .. import logs
 from .. import measures as M
 from .. import stats as S
 from ..stats import Distribution
@@ -60,7 +61,7 @@ __all__ = [
     "StatsdMetrics",
 ]
 
-logger = logging.getLogger("sqlalchemy_smartpool.metrics")
+logger = logging.getLogger(logs.METRICS_LOGGER)
 
 # Gauges: the stats keys of sqlalchemy_smartpool.metrics.GAUGES, plus:
 #: circuit breaker, 0 closed / 1 half_open / 2 open
@@ -260,12 +261,36 @@ class StatsdMetrics:
         self._listeners.clear()
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.wait(self.gauge_interval):
             try:
                 self.flush()
             except Exception as err:  # a metrics hiccup must never kill the thread
-                # the type only: messages can carry driver details
-                logger.warning("statsd metrics %s: push failed (%s)", self.prefix, type(err).__name__)
+                # the type only: messages can carry driver details. WARNING once per streak
+                # of failures (not once a second), DEBUG for the rest of it
+                level = logging.DEBUG if failing else logging.WARNING
+                failing = True
+                what = type(err).__name__
+                logs.event(
+                    logger,
+                    level,
+                    self.prefix,
+                    logs.METRICS_PUSH_FAILED,
+                    "statsd push failed (%s)",
+                    what,
+                    cause=what,
+                )
+            else:
+                if failing:
+                    logs.event(
+                        logger,
+                        logging.INFO,
+                        self.prefix,
+                        logs.METRICS_PUSH_FAILED,
+                        "statsd push works again",
+                        recovered=True,
+                    )
+                failing = False
 
     def _push(self) -> None:
         """One push; the caller holds ``self._lock``."""

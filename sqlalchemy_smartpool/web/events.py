@@ -8,9 +8,9 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from ..errors import redact
+from ..logs import AUDIT_LOGGER
 
-#: the logger the pools' audit events go to
-AUDIT_LOGGER = "sqlalchemy_smartpool.audit"
+__all__ = ["AUDIT_LOGGER", "RecentEvents"]
 
 #: attributes every LogRecord has; anything else on a record came in through ``extra=``
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}

@@ -256,7 +256,8 @@ def _named(pools: Mapping[str, Any] | Any) -> dict[str, Any]:
         items = list(pools.items())
     else:
         pool = resolve_pool(pools)  # TypeError naming the type for anything else
-        items = [(pool_name(pool) or "default", pools)]
+        # a name from where the pool connects may hold a '/' (redis-host:6379/0): not in a path
+        items = [((pool_name(pool) or "default").replace("/", "_"), pools)]
     if not items:
         raise ValueError("no pools given: pass {name: engine or pool, ...}")
     out: dict[str, Any] = {}

@@ -95,7 +95,7 @@ def test_prometheus_collects_a_redis_pool_beside_a_smartpool(
         collector.add(rpool)
         unnamed = SmartRedisPool(host=HOST, port=REDIS_PORT, db=15)
         try:
-            collector.add(unnamed)  # label "redis": no clash with an unnamed SQLAlchemy pool's "default"
+            collector.add(unnamed)  # labelled as its log lines name it: redis-<host>:<port>/<db>
         finally:
             unnamed.close()
         with engine.connect():
@@ -113,7 +113,7 @@ def test_prometheus_collects_a_redis_pool_beside_a_smartpool(
             assert got[(f"smartpool_{key}", mine)] == getattr(st, key), key
         assert got[("smartpool_breaker_state", mine)] == 0
         assert got[("smartpool_checkouts_total", (("pool", "db"),))] == 1  # SQLAlchemy names unchanged
-        assert ("smartpool_pool_size", (("pool", "redis"),)) in got
+        assert ("smartpool_pool_size", (("pool", f"redis-{HOST}:{REDIS_PORT}/15"),)) in got
         assert b"password" not in generate_latest(registry)
     finally:
         engine.dispose()

@@ -246,17 +246,34 @@ def test_last_error_is_kept_without_secrets(clock: FakeClock, message: str) -> N
     assert b.last_error.startswith("ConnectionRefusedError")
 
 
-def test_transitions_are_logged(clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
-    b = make(clock, failure_threshold=1)
-    with caplog.at_level(logging.INFO, logger="sqlalchemy_smartpool.breaker"):
+def test_transitions_say_why_and_the_breaker_itself_logs_nothing(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It runs under the pool's lock: the core turns its transitions into records written later."""
+    moves = Recorder()
+    b = make(clock, moves, failure_threshold=1)
+    why: list[str] = []
+
+    def note(old: BreakerState, new: BreakerState) -> None:
+        moves(old, new)
+        why.append(b.moved_because)
+
+    b._on_transition = note
+    with caplog.at_level(logging.DEBUG):
+        b.record_failure(ConnectionRefusedError())
+        clock.now = b.next_probe_at
+        b.allow_connect()
         b.record_failure(ConnectionRefusedError())
         clock.now = b.next_probe_at
         b.allow_connect()
         b.record_success()
-    text = caplog.text
-    assert "opened after 1 consecutive connect failures (ConnectionRefusedError)" in text
-    assert "open -> half_open" in text
-    assert "closed, database reachable again" in text
+        open_it(b)
+        b.reset()
+    outage = [(CLOSED, OPEN), (OPEN, HALF), (HALF, OPEN), (OPEN, HALF), (HALF, CLOSED)]
+    assert moves.moves == [*outage, (CLOSED, OPEN), (OPEN, CLOSED)]
+    reasons = ["failures", "probe_due", "probe_failed", "probe_due", "probe_succeeded"]
+    assert why == [*reasons, "failures", "reset"]
+    assert caplog.records == []
 
 
 def test_state_values_are_strings() -> None:

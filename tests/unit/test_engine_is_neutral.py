@@ -31,6 +31,8 @@ NEUTRAL = (
     "health",
     "measures",
     "profiling",
+    "forks",
+    "logs",
 )
 
 #: the metric exporters: their own client libraries, but no SQLAlchemy (a Redis pool needs none)
