@@ -303,8 +303,12 @@ class PoolConfig:
     leak_detection_threshold: float | None = None
     #: How often the housekeeper wakes for timed work (shrinking, lifetimes, keepalive, leaks).
     housekeeping_interval: float = 0.5
-    #: Keep acquire-wait percentiles (a few hundred ns per checkout).
+    #: Keep acquire-wait percentiles and the wait / use / create time histograms
+    #: (a few hundred ns per checkout; docs/metrics.md).
     track_wait_times: bool = True
+    #: One checkout in this many records its caller's code location for ``top_holders()``
+    #: (a frame walk of ~1-2 us, amortised to a few ns); 0 turns the sampling off.
+    holder_sample_every: int = 64
     #: Name used in logs and metrics; defaults to the pool's id.
     name: str | None = None
     breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
@@ -339,6 +343,7 @@ class PoolConfig:
         _seconds("leak_detection_threshold", self.leak_detection_threshold, optional=True)
         _seconds("housekeeping_interval", self.housekeeping_interval)
         _flag("track_wait_times", self.track_wait_times)
+        _count("holder_sample_every", self.holder_sample_every, 0, MAX_COUNT)
         if self.name is not None and not isinstance(self.name, str):
             raise ConfigError("name", self.name, "must be a string")
         if not isinstance(self.breaker, CircuitBreakerConfig):

@@ -752,6 +752,8 @@ class PoolCore(Generic[C]):
 
     def _breaker_moved(self, old: BreakerState, new: BreakerState) -> None:
         breaker = self.breaker
+        if new is BreakerState.CLOSED:
+            self.counters[S.BREAKER_CLOSED] += 1
         fields: dict[str, Any] = {
             "from_state": old.value,
             "to_state": new.value,
@@ -772,6 +774,7 @@ class PoolCore(Generic[C]):
                     ),
                 )
             else:  # a failed probe: the outage's own line says so once per backoff step
+                self.counters[S.BREAKER_REOPENED] += 1
                 level, msg = (
                     logging.DEBUG,
                     "circuit breaker probe failed (%d failures, %s); next probe in %.2fs",
@@ -782,6 +785,7 @@ class PoolCore(Generic[C]):
                 retry,
             )
         elif new is BreakerState.HALF_OPEN:
+            self.counters[S.BREAKER_HALF_OPENED] += 1
             level, msg, args = logging.DEBUG, "circuit breaker half-open: one probe connect may go", ()
         elif breaker.moved_because == "reset":
             level, msg, args = logging.INFO, "circuit breaker reset (pool disposed)", ()

@@ -33,10 +33,11 @@ import socket
 import threading
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
-from . import forks, leaks, live, logs
+from . import forks, leaks, live, logs, profiling
 from . import stats as S
 from .backoff import Backoff
 from .config import PoolConfig
@@ -55,6 +56,7 @@ SLOT_ATTR = "_smartpool_slot"
 CAUSE_ATTR = "_smartpool_cause"
 
 _POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_BOUNDS = S.TIME_BUCKETS
 
 
 class Backend(Protocol[C]):
@@ -168,6 +170,14 @@ class PoolEngine(Generic[C]):
         #: bumped by dispose(): connects started before it are not kept
         self._generation = 0
         self._waits: S.WaitSampler | None = S.WaitSampler() if config.track_wait_times else None
+        # histograms (stats.Timing), recorded under the lock already held at each point
+        timed = config.track_wait_times
+        self._wait_hist: S.Timing | None = S.Timing() if timed else None
+        self._uses: S.Timing | None = S.Timing() if timed else None
+        self._creates: S.Timing | None = S.Timing() if timed else None
+        #: checkout listeners and top-holder sampling (profiling.py)
+        self.listeners = profiling.Listeners()
+        self._holders = profiling.HolderStats(config.holder_sample_every)
         self._can_validate = can_validate
         self._apply(config)
         self._leak_reports = leaks.LeakReporter(name)
@@ -182,7 +192,10 @@ class PoolEngine(Generic[C]):
         """Put ``config`` in force; the hot path reads these copies, not the config."""
         self.config = config
         self.core.config = config
+        was = self.__dict__.get("_validate")
         self._validate = config.validate_on_checkout and self._can_validate
+        if was is not None and was != self._validate:  # turned off or on while running
+            self._skipped_flip(turned_off=was)
         self._interval = config.validation_interval
         self._timeout = config.acquire_timeout
         self._leak_threshold = config.leak_detection_threshold
@@ -190,6 +203,16 @@ class PoolEngine(Generic[C]):
         self._serve_armed = self.__dict__.get("_serve_armed", False)  # a live change keeps an armed timer
         if config.track_wait_times != (self._waits is not None):
             self._waits = S.WaitSampler() if config.track_wait_times else None
+        self._holders.every = config.holder_sample_every
+        self._retrace()
+
+    def _retrace(self) -> None:
+        """Which checkouts get a lease (see :meth:`_trace`): every one with leak detection or a
+        checkout listener, one in ``holder_sample_every`` for top_holders(), else none."""
+        every = self.config.holder_sample_every
+        self._trace_all = self._leak_threshold is not None or bool(self.listeners.entries)
+        self._trace_every = 1 if self._trace_all else every
+        self._want_location = every > 0 or self.listeners.want_location
 
     def rename(self, name: str) -> None:
         """Call the pool ``name`` from now on (log lines, errors, stats): an adapter that
@@ -252,21 +275,28 @@ class PoolEngine(Generic[C]):
             or (slot.poller is not None and slot.poller.poll(0))
         ):
             return Pending(self, slot, t0)
-        if self._leak_threshold is not None:
-            slot.lease = leaks.capture()
+        every = self._trace_every
+        if every and not self.core.checkouts % every:
+            self._trace(slot, 0.0)
         return slot.conn
 
     def _finish_checkout(self, slot: Slot[C] | None, t0: float) -> C:
         """The blocking rest of a checkout begun at ``t0``: wait when ``slot`` is None, validate."""
         deadline = t0 + self._timeout
+        wait = 0.0
         if slot is None:
             slot = self._wait(t0, deadline)
             # a connection handed over while we waited was returned after t0: its idle
             # time counts from now (or it would look negative and skip every check)
             now = self._clock()
+            wait = now - t0
             waits = self._waits
             if waits is not None:  # immediate checkouts waited 0: counted, not timed
-                waits.record(now - t0, self.core.checkouts)
+                waits.record(wait, self.core.checkouts)
+                hist = self._wait_hist
+                if hist is not None:
+                    with self._lock:  # the slow path: exact counts are worth the lock
+                        hist.record(wait)
             if self._validate and (
                 now - slot.last_used > self._interval
                 or slot.validated_at < self.core.suspect_before
@@ -275,9 +305,25 @@ class PoolEngine(Generic[C]):
                 slot = self._validated(slot, deadline)
         else:
             slot = self._validated(slot, deadline)
-        if self._leak_threshold is not None:
-            slot.lease = leaks.capture()
+        every = self._trace_every
+        if every and not self.core.checkouts % every:
+            self._trace(slot, wait)
         return slot.conn
+
+    def _trace(self, slot: Slot[C], wait: float) -> None:
+        """Give a checkout its lease: the leak-detection stack, or where it came from for
+        top_holders() and the checkout listeners (only what they need is captured)."""
+        every = self._holders.every
+        # here for sampling alone, or for every checkout (leaks, listeners) and maybe sampled too
+        sampled = not self._trace_all or (every > 0 and not self.core.checkouts % every)
+        if self._leak_threshold is not None:
+            lease = leaks.capture()
+            lease.wait = wait
+            lease.sampled = sampled
+            slot.lease = lease
+            return
+        where = leaks.caller(2) if (sampled or self.listeners.want_location) else None
+        slot.lease = profiling.Sample(where, wait, sampled)
 
     def _wait(self, t0: float, deadline: float) -> Slot[C]:
         self._ensure_started()
@@ -432,9 +478,15 @@ class PoolEngine(Generic[C]):
         if lease is not None:  # cleared while we still hold it: the next holder sets its own
             slot.lease = None
         now = self._clock()
+        held = now - slot.checked_out_at  # before the core hands the slot to a waiter
+        uses = self._uses
         self._acquire()
         try:
             waiter, close = self.core.checkin(slot, now, usable)
+            if uses is not None:  # Timing.record, inlined: every checkin pays it (~80 ns)
+                i = bisect_left(_BOUNDS, held)
+                uses.counts[i] += 1
+                uses.sums[i] += held
         finally:
             self._release()
         if waiter is not None:
@@ -444,7 +496,55 @@ class PoolEngine(Generic[C]):
         elif self._barging and not self._serve_armed:
             self._arm_serve()
         if lease is not None:
+            self._lease_returned(slot, lease, now, held)
+
+    def _lease_returned(self, slot: Slot[C], lease: Any, now: float, held: float) -> None:
+        """A traced checkout came back: leak bookkeeping, top holders, checkout listeners."""
+        if isinstance(lease, leaks.Lease):
             self._leak_returned(slot, lease, now)
+        if lease.sampled:
+            self._holders.returned(lease.location, held)
+        if self.listeners.entries:
+            self.listeners.call(
+                profiling.CheckoutTiming(
+                    pool=self.name,
+                    connection_id=slot.id,
+                    wait=lease.wait,
+                    held=held,
+                    location=profiling.format_location(lease.location),
+                )
+            )
+
+    # -------------------------------------------------------------- profiling
+
+    def add_checkout_listener(self, fn: profiling.Listener, *, location: bool = False) -> None:
+        """Call ``fn(CheckoutTiming)`` at every checkin (wait, hold time, and with ``location``
+        the caller's ``file:line``). Costs nothing while no listener is registered."""
+        self.listeners.add(fn, location)
+        self._retrace()
+
+    def remove_checkout_listener(self, fn: profiling.Listener) -> bool:
+        """Stop calling ``fn``; False if it was not registered."""
+        found = self.listeners.remove(fn)
+        self._retrace()
+        return found
+
+    def adopt_listeners(self, other: profiling.Listeners) -> None:
+        """Take over another engine's listeners (a pool that makes a new engine keeps them)."""
+        self.listeners = other
+        self._retrace()
+
+    def top_holders(self, n: int = 10, *, by: str = "total") -> list[profiling.Holder]:
+        """The code locations that hold connections longest, from sampled checkouts
+        (``holder_sample_every``); ``by="p99"`` ranks by their 99th percentile hold time."""
+        now = self._clock()
+        with self._lock:
+            current = [
+                (getattr(s.lease, "location", None), now - s.checked_out_at)
+                for s in self.core.leased.values()
+                if getattr(s.lease, "sampled", False)
+            ]
+        return self._holders.top(n, by, current)
 
     def return_judged(self, slot: Slot[C], judge: Callable[[], tuple[bool, bool]]) -> None:
         """A connection came back that the adapter must look at first.
@@ -768,6 +868,22 @@ class PoolEngine(Generic[C]):
         p50, p95, p99 = waits.percentiles(50, 95, 99, checkouts=self.core.checkouts)
         with self._lock:
             core = self.core
+            counters = core.counter_snapshot()
+            if self._validate:  # every checkout was validated or skipped; in-flight ones count as skipped
+                counters[S.VALIDATIONS_SKIPPED] = self._skipped_estimate()
+            else:  # as it stood when a live change turned validation off (0 if it never ran)
+                counters[S.VALIDATIONS_SKIPPED] = self._skipped_frozen
+            timings: dict[str, S.Distribution] = {}
+            if self._wait_hist is not None and self._uses is not None and self._creates is not None:
+                waited = sum(self._wait_hist.counts)
+                timings[S.WAIT_TIME] = self._wait_hist.snapshot(zeros=core.checkouts - waited)
+                timings[S.USE_TIME] = self._uses.snapshot()
+                timings[S.CREATE_TIME] = self._creates.snapshot()
+            leaked = 0
+            if self._leak_threshold is not None:
+                leaked = sum(
+                    1 for s in core.leased.values() if isinstance(s.lease, leaks.Lease) and s.lease.reported
+                )
             return S.PoolStats(
                 name=self.name,
                 pool_size=core.size,
@@ -778,7 +894,7 @@ class PoolEngine(Generic[C]):
                 pool_min=self.config.min_size,
                 pool_max=self.config.max_size,
                 breaker_state=core.breaker.state.value,
-                counters=core.counter_snapshot(),
+                counters=counters,
                 wait_p50=p50,
                 wait_p95=p95,
                 wait_p99=p99,
@@ -786,6 +902,9 @@ class PoolEngine(Generic[C]):
                 wait_sum=waits.total,
                 closed=core.closed,
                 server_max_connections=self.server_limit,
+                acquire_timeout=self.config.acquire_timeout,
+                leaks_outstanding=leaked,
+                timings=timings,
             )
 
     def describe(self) -> str:
@@ -985,6 +1104,25 @@ class PoolEngine(Generic[C]):
         """Why a connection that answered its ping is closed: the pool closed, or retired."""
         return logs.CLOSE_POOL_CLOSED if self.core.closed else logs.CLOSE_RETIRED
 
+    #: ``validations_skipped`` across live toggles of validation: the estimate frozen when it
+    #: was turned off, and (checkouts, good validations) when it was turned on again
+    _skipped_frozen = 0
+    _skipped_base = (0, 0)
+
+    def _skipped_estimate(self) -> int:
+        counters = self.core.counters
+        ok = counters[S.VALIDATIONS] - counters[S.VALIDATIONS_FAILED]
+        checkouts, ok_before = self._skipped_base
+        return self._skipped_frozen + max(0, (self.core.checkouts - checkouts) - (ok - ok_before))
+
+    def _skipped_flip(self, *, turned_off: bool) -> None:
+        if turned_off:
+            self._skipped_frozen = self._skipped_estimate()
+        else:
+            counters = self.core.counters
+            good = counters[S.VALIDATIONS] - counters[S.VALIDATIONS_FAILED]
+            self._skipped_base = (self.core.checkouts, good)
+
     def add_tick_hook(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` at every housekeeping tick (timer thread or event loop: keep it short)."""
         with self._lock:
@@ -1047,6 +1185,12 @@ class PoolEngine(Generic[C]):
         self._serve_armed = False
         self._permanent = None
         self._waits = S.WaitSampler() if self.config.track_wait_times else None
+        timed = self.config.track_wait_times  # the histograms count the new core's checkouts
+        self._wait_hist = S.Timing() if timed else None
+        self._uses = S.Timing() if timed else None
+        self._creates = S.Timing() if timed else None
+        self._holders = profiling.HolderStats(self.config.holder_sample_every)  # its lock is fresh
+        self.listeners.after_fork()
         self._leak_reports = leaks.LeakReporter(self.name)
         forks.keep(old_core, old_rt, conns)
         backend = self.backend
@@ -1162,6 +1306,9 @@ class PoolEngine(Generic[C]):
                 poller = None
         now = self._clock()
         with self._lock:
+            creates = self._creates
+            if creates is not None:
+                creates.record(now - started)
             if generation != self._generation:  # dispose() ran meanwhile
                 self.core.connect_dropped()
                 keep = False

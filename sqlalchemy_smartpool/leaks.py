@@ -27,10 +27,15 @@ logger = logging.getLogger(logs.LEAKS_LOGGER)
 _SKIP_PACKAGES = ("sqlalchemy", "redis", "greenlet", "sqlalchemy_smartpool")
 _skip: tuple[str, ...] = ()
 _skip_seen: frozenset[str] = frozenset()
+_skip_modules = -1
 
 
 def _skip_dirs() -> tuple[str, ...]:
-    global _skip, _skip_seen
+    global _skip, _skip_seen, _skip_modules
+    modules = len(sys.modules)  # nothing imported since the last look: same answer (~30 ns)
+    if modules == _skip_modules:
+        return _skip
+    _skip_modules = modules
     loaded = frozenset(p for p in _SKIP_PACKAGES if p in sys.modules)
     if loaded != _skip_seen:
         paths = [getattr(sys.modules[p], "__file__", None) for p in loaded]
@@ -45,7 +50,7 @@ _MAX_FRAMES = 40
 class Lease:
     """Who holds a connection: the thread, the stack of the checkout, the last SQL run."""
 
-    __slots__ = ("correlation_id", "reported", "stack", "statement", "thread")
+    __slots__ = ("correlation_id", "reported", "sampled", "stack", "statement", "thread", "wait")
 
     def __init__(
         self, thread: str, stack: tuple[tuple[str, int, str], ...], correlation_id: str | None = None
@@ -57,6 +62,14 @@ class Lease:
         self.correlation_id = correlation_id
         #: the last statement executed on the connection (SQL text only, never parameters)
         self.statement: str | None = None
+        #: seconds the checkout queued, and whether top_holders() samples it (profiling.py)
+        self.wait = 0.0
+        self.sampled = False
+
+    @property
+    def location(self) -> tuple[str, int, str] | None:
+        """The caller's own frame (innermost outside the pool), as profiling reports it."""
+        return self.stack[-1] if self.stack else None
 
     def format_stack(self) -> str:
         return "".join(f'  File "{f}", line {n}, in {fn}\n' for f, n, fn in self.stack)
@@ -94,6 +107,28 @@ def capture() -> Lease:
         f = f.f_back
     frames.reverse()
     return Lease(_holder(), tuple(frames), logs.current_correlation_id())
+
+
+def caller(depth: int = 1) -> tuple[str, int, str] | None:
+    """The innermost frame outside the pool and the libraries it wraps: (file, line, function).
+
+    The cheap half of :func:`capture` (one frame kept, no thread name), for sampling
+    who holds connections; ``None`` if every frame is a library's.
+    """
+    skip = _skip_dirs()
+    f: Any = sys._getframe(depth)
+    glet = _current_greenlet()
+    for _ in range(200):
+        if f is None:
+            glet = getattr(glet, "parent", None)
+            f = getattr(glet, "gr_frame", None)
+            if f is None:
+                return None
+        code = f.f_code
+        if not code.co_filename.startswith(skip):
+            return (code.co_filename, f.f_lineno, code.co_name)
+        f = f.f_back
+    return None
 
 
 def _current_greenlet() -> Any:

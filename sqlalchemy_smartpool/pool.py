@@ -21,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import Pool
 from sqlalchemy.pool.base import _ConnDialect, _ConnectionRecord
 
-from . import drivers, forks, leaks, live, logs
+from . import drivers, forks, leaks, live, logs, profiling
 from . import stats as S
 from .config import PoolConfig, from_pool_arguments
 from .core import PoolCore
@@ -215,6 +215,7 @@ class SmartPool(Pool):
         leak_detection_threshold: Any = _UNSET,
         housekeeping_interval: Any = _UNSET,
         track_wait_times: Any = _UNSET,
+        holder_sample_every: Any = _UNSET,
         name: Any = _UNSET,
         breaker: Any = _UNSET,
         # SQLAlchemy's spellings, as create_engine() passes them
@@ -397,6 +398,20 @@ class SmartPool(Pool):
         """Checkouts held longer than ``leak_detection_threshold``, oldest first."""
         return self._engine.suspected_leaks()
 
+    def top_holders(self, n: int = 10, *, by: str = "total") -> list[profiling.Holder]:
+        """The code locations that hold connections longest (in total, or ``by="p99"``),
+        estimated from one checkout in ``holder_sample_every`` (docs/metrics.md)."""
+        return self._engine.top_holders(n, by=by)
+
+    def add_checkout_listener(self, fn: profiling.Listener, *, location: bool = False) -> None:
+        """Call ``fn(CheckoutTiming)`` at every checkin: queue wait, hold time, and with
+        ``location=True`` the caller's ``file:line``. Nothing is traced while none is registered."""
+        self._engine.add_checkout_listener(fn, location=location)
+
+    def remove_checkout_listener(self, fn: profiling.Listener) -> bool:
+        """Stop calling ``fn``; False if it was not registered."""
+        return self._engine.remove_checkout_listener(fn)
+
     def health_check(self, timeout: float = 1.0, *, cache_for: float = 1.0) -> dict[str, Any]:
         """Does the database answer? ``ok`` / ``degraded`` / ``down``, reasons and key stats.
 
@@ -517,6 +532,7 @@ class SmartPool(Pool):
             credentials=self._credentials,
             _layers=self._layers,
         )
+        new._engine.adopt_listeners(self._engine.listeners)  # engine.dispose() keeps them
         if self._settings_watch is not None:
             self._settings_watch.attach(new)
         return new

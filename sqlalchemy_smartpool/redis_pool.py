@@ -34,7 +34,7 @@ from redis import exceptions as redis_exc
 from redis._parsers import Encoder
 from redis.credentials import CredentialProvider
 
-from . import forks, leaks, live, logs, urltemplate
+from . import forks, leaks, live, logs, profiling, urltemplate
 from . import stats as S
 from .config import MAX_SECONDS, POOL_KEYWORDS, PoolConfig, from_pool_arguments
 from .engine import CAUSE_ATTR, SLOT_ATTR, Pending, PoolEngine, Runtime
@@ -527,6 +527,9 @@ class _PoolBase:
             self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
         )
         backend.engine = engine
+        old = getattr(self, "_engine", None)
+        if old is not None:  # reset() or a fork: the checkout listeners stay registered
+            engine.adopt_listeners(old.listeners)
         return engine
 
     def _after_fork_in_child(self) -> None:
@@ -660,6 +663,18 @@ class _PoolBase:
     def size(self) -> int:
         """Open connections (idle + in use)."""
         return self._engine.core.size
+
+    def top_holders(self, n: int = 10, *, by: str = "total") -> list[profiling.Holder]:
+        """The code locations that hold connections longest (see ``SmartPool.top_holders``)."""
+        return self._engine.top_holders(n, by=by)
+
+    def add_checkout_listener(self, fn: profiling.Listener, *, location: bool = False) -> None:
+        """Call ``fn(CheckoutTiming)`` at every release (see ``SmartPool.add_checkout_listener``)."""
+        self._engine.add_checkout_listener(fn, location=location)
+
+    def remove_checkout_listener(self, fn: profiling.Listener) -> bool:
+        """Stop calling ``fn``; False if it was not registered."""
+        return self._engine.remove_checkout_listener(fn)
 
     # -- live operations (docs/operations.md); the asyncio pool awaits the closing ones ---
 

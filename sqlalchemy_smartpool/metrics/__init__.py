@@ -1,9 +1,16 @@
-"""Pool metrics out of the box: StatsD push, Prometheus pull, and a health report.
+"""Pool metrics out of the box: OpenTelemetry, StatsD push, Prometheus pull, and a health report.
+
+Every exporter is driven by one table, :data:`sqlalchemy_smartpool.measures.MEASURES`
+(each measurement's meaning and its name in every backend), and reads
+``stats()`` snapshots, so they agree with each other and with ``stats()``.
 
 The exporters load lazily, so the core package needs no metrics dependency:
 ``StatsdMetrics`` needs the ``statsd`` package only to build its default
-client, ``PrometheusCollector`` needs ``prometheus_client``. A missing one is
+client, ``PrometheusCollector`` needs ``prometheus_client``,
+``OpenTelemetryMetrics`` needs ``opentelemetry-api``. A missing one is
 reported with the extra to install, not as a bare ``ModuleNotFoundError``.
+Nothing here imports SQLAlchemy: a SQLAlchemy pool is recognised through the
+already-loaded ``sqlalchemy.pool`` module, so Redis pools need no SQLAlchemy.
 
 Everything here reads what a pool already publishes -- ``SmartPool.stats()``
 or, for any other SQLAlchemy pool, ``checkedin()`` / ``checkedout()`` -- and
@@ -19,24 +26,26 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import sys
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.pool import Pool
-
+from .. import measures as M
 from .. import stats as S
 from ..health import FAILURE_COUNTERS, OK, FailureTrend, assess
 from ..stats import PoolStats
 
 if TYPE_CHECKING:
+    from .otel import OpenTelemetryMetrics
     from .prometheus import PrometheusCollector
     from .statsd import StatsdMetrics
 
 __all__ = [
     "BREAKER_STATE_VALUES",
     "GAUGES",
+    "OpenTelemetryMetrics",
     "PrometheusCollector",
     "StatsdMetrics",
     "health",
@@ -44,7 +53,7 @@ __all__ = [
 ]
 
 #: Numeric encoding of the breaker state for gauges: higher is worse.
-BREAKER_STATE_VALUES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
+BREAKER_STATE_VALUES: dict[str, int] = M.BREAKER_STATE_VALUES
 
 #: Gauges every exporter publishes, by their ``stats`` key (also their metric name).
 GAUGES: tuple[str, ...] = (
@@ -57,7 +66,11 @@ GAUGES: tuple[str, ...] = (
     S.POOL_MAX,
 )
 
-_LAZY = {"StatsdMetrics": (".statsd", "statsd"), "PrometheusCollector": (".prometheus", "prometheus")}
+_LAZY = {
+    "StatsdMetrics": (".statsd", "statsd"),
+    "PrometheusCollector": (".prometheus", "prometheus"),
+    "OpenTelemetryMetrics": (".otel", "otel"),
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -88,14 +101,21 @@ def missing_extra(feature: str, package: str, extra: str) -> ImportError:
 # ---------------------------------------------------------------------------- pools
 
 
+def is_sqlalchemy_pool(obj: Any) -> bool:
+    """A ``sqlalchemy.pool.Pool``? Asked of the loaded module: if SQLAlchemy was never
+    imported, nothing can be one of its pools, and Redis pools need no SQLAlchemy."""
+    mod = sys.modules.get("sqlalchemy.pool")
+    return mod is not None and isinstance(obj, mod.Pool)
+
+
 def resolve_pool(target: Any) -> Any:
     """The pool behind a Pool, an Engine or an AsyncEngine (read at each call: dispose() swaps it),
     or any pool with ``stats()`` (a SmartRedisPool), or a redis client over one (``connection_pool``)."""
-    if isinstance(target, Pool):
+    if is_sqlalchemy_pool(target):
         return target
     engine = getattr(target, "sync_engine", target)
     pool = getattr(engine, "pool", None)
-    if isinstance(pool, Pool):
+    if is_sqlalchemy_pool(pool):
         return pool
     if has_stats(target):
         return target
@@ -115,7 +135,7 @@ def has_stats(pool: Any) -> bool:
 
 def pool_kind(pool: Any) -> str:
     """``"sqlalchemy"`` for SQLAlchemy pools, else the pool's ``pool_kind`` (``"redis"``)."""
-    if isinstance(pool, Pool):
+    if is_sqlalchemy_pool(pool):
         return "sqlalchemy"
     kind = getattr(pool, "pool_kind", None)
     return kind if isinstance(kind, str) and kind else "other"
@@ -133,6 +153,14 @@ def pool_name(pool: Any, override: str | None = None) -> str | None:
     if not name and getattr(pool, "_name_known", True):  # SmartPool: False while only its id
         name = getattr(pool, "name", None)
     return name if isinstance(name, str) and name else None
+
+
+def pool_label(pool: Any, override: str | None = None) -> str:
+    """The name every exporter gives a pool: :func:`pool_name`, else ``"default"`` for a
+    SQLAlchemy pool and the kind (``"redis"``) for others -- the same in Prometheus' ``pool``
+    label, OpenTelemetry's ``db.client.connection.pool.name`` and StatsD."""
+    kind = pool_kind(pool)
+    return pool_name(pool, override) or ("default" if kind == "sqlalchemy" else kind)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
@@ -184,16 +212,8 @@ def read_pool(pool: Any) -> Snapshot:
                 waits=(st.wait_p50, st.wait_p95, st.wait_p99, st.wait_max),
                 stats=st,
             )
-    gauges: dict[str, int] = {}
-    idle = _call_int(pool, "checkedin")
-    in_use = _call_int(pool, "checkedout")
-    if idle is not None:
-        gauges[S.POOL_IDLE] = idle
-    if in_use is not None:
-        gauges[S.POOL_IN_USE] = in_use
-    if idle is not None and in_use is not None:
-        gauges[S.POOL_SIZE] = idle + in_use  # open connections, as SmartPool counts them
-    return Snapshot(gauges=gauges)
+    # open connections, as SmartPool counts them: idle + in use
+    return Snapshot(gauges=M.plain_gauges(_call_int(pool, "checkedin"), _call_int(pool, "checkedout")))
 
 
 def _call_int(pool: Any, method: str) -> int | None:

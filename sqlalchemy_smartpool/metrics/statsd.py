@@ -12,9 +12,13 @@ Two ways to count, because they cost differently:
   docs/metrics.md for the measured cost), so SmartPool only uses it when asked
   (``events=True``).
 
-Metric names are the pool's ``stats`` keys (one vocabulary for ``stats()``,
-StatsD and Prometheus) under ``<prefix>[.<pool name>]``; a Redis pool's under
-``<prefix>.redis[.<pool name>]``. Nothing is derived from the URL.
+Metric names come from the measures table (:mod:`sqlalchemy_smartpool.measures`;
+mostly the pool's ``stats`` keys, one vocabulary for ``stats()``, StatsD and
+Prometheus) under ``<prefix>[.<pool name>]``; a Redis pool's under
+``<prefix>.redis[.<pool name>]``. Nothing is derived from the URL. The wait,
+use and create time histograms are sent per push as the interval's count and
+sum (counters) and its p50 / p95 / p99 (timings, ms), from the bucket counts
+the pool keeps.
 """
 
 from __future__ import annotations
@@ -28,14 +32,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.pool import Pool
-
 from .. import logs
+from .. import measures as M
 from .. import stats as S
+from ..stats import Distribution
 from . import (
-    BREAKER_STATE_VALUES,
     has_stats,
+    is_sqlalchemy_pool,
     missing_extra,
     pool_kind,
     pool_name,
@@ -161,7 +164,7 @@ class StatsdMetrics:
             raise ValueError(f"gauge_interval must be > 0 seconds, got {gauge_interval!r}")
         pool = resolve_pool(pool_or_engine)
         self._target = pool_or_engine
-        self._follow = not isinstance(pool_or_engine, Pool)
+        self._follow = not is_sqlalchemy_pool(pool_or_engine)
         self._listened_pool = pool
         self.events: bool = (not has_stats(pool)) if events is None else bool(events)
         kind = pool_kind(pool)
@@ -178,6 +181,7 @@ class StatsdMetrics:
         self._last_pool: Any = pool
         first = read_pool(pool)
         self._last_counters: dict[str, int] = dict(first.counters or {})
+        self._last_timings: dict[str, Distribution] = dict(first.stats.timings) if first.stats else {}
         self._tallies: dict[str, _Tally] = {}
         self._listeners: list[tuple[str, Callable[..., None]]] = []
         if self.events:
@@ -235,6 +239,8 @@ class StatsdMetrics:
     # --------------------------------------------------------------- internals
 
     def _listen(self, pool: Any) -> None:
+        from sqlalchemy import event  # event mode is for SQLAlchemy pools only
+
         for ev, key in EVENT_COUNTERS.items():
             tally = self._tallies.setdefault(key, _Tally())
             fn = _listener(tally.bump)
@@ -244,6 +250,10 @@ class StatsdMetrics:
     def _unlisten(self) -> None:
         # Removing through the pool we listened on also removes the copies
         # SQLAlchemy gave pools made by recreate() (engine.dispose()).
+        if not self._listeners:
+            return
+        from sqlalchemy import event
+
         pool = self._listened_pool
         for ev, fn in self._listeners:
             if event.contains(pool, ev, fn):
@@ -290,33 +300,55 @@ class StatsdMetrics:
             # a new pool (engine.dispose()) counts from zero
             self._last_pool = pool
             self._last_counters = {}
+            self._last_timings = {}
         pipe = self._pipeline()
         p = self.prefix
-        for key, value in snap.gauges.items():
-            pipe.gauge(f"{p}.{key}", max(0, value))
-        if snap.breaker_state is not None:
-            pipe.gauge(f"{p}.{BREAKER_STATE}", BREAKER_STATE_VALUES.get(snap.breaker_state, 2))
-        checkouts = 0
-        if snap.counters is not None:
+        st = snap.stats
+        if st is None:
+            for key, value in snap.gauges.items():
+                pipe.gauge(f"{p}.{key}", max(0, value))
+        else:
             last = self._last_counters
-            checkouts = _delta(snap.counters.get(S.CHECKOUTS, 0), last.get(S.CHECKOUTS, 0))
-            for key, value in snap.counters.items():
-                if key in self._tallies:
-                    continue  # counted from events instead
-                n = _delta(value, last.get(key, 0))
-                if n:
-                    pipe.incr(f"{p}.{key}", n)
-            self._last_counters = dict(snap.counters)
+            moved = _delta(st.counters.get(S.CHECKOUTS, 0), last.get(S.CHECKOUTS, 0)) > 0
+            for m in M.MEASURES:
+                if m.statsd is None:
+                    continue
+                name = f"{p}.{m.statsd}"
+                if m.kind == M.COUNTER:
+                    if m.source in self._tallies:
+                        continue  # counted from events instead
+                    n = _delta(st.counters.get(m.source, 0), last.get(m.source, 0))
+                    if n:
+                        pipe.incr(name, n)
+                elif m.kind == M.HISTOGRAM:
+                    dist = m.read(st)
+                    if dist is not None:
+                        self._send_interval(pipe, name, dist.minus(self._last_timings.get(m.source)))
+                elif m.statsd_type == "ms":
+                    if moved:  # a percentile of recent traffic: sent while there is traffic
+                        pipe.timing(name, m.read(st) * m.statsd_scale)
+                else:
+                    pipe.gauge(name, max(0, m.read(st) * m.statsd_scale))
+            self._last_counters = dict(st.counters)
+            self._last_timings = dict(st.timings)
         for key, tally in self._tallies.items():
             n = tally.take()
             if n:
                 pipe.incr(f"{p}.{key}", n)
-        if snap.waits is not None and checkouts:
-            for key, seconds in zip(_WAIT_TIMINGS, snap.waits, strict=True):
-                pipe.timing(f"{p}.{key}", seconds * 1000.0)
         send = getattr(pipe, "send", None)
         if callable(send):
             send()
+
+    @staticmethod
+    def _send_interval(pipe: Any, name: str, dist: Distribution) -> None:
+        """One histogram's interval: its count and sum as counters, its percentiles as timings."""
+        count = dist.count
+        if not count:
+            return
+        pipe.incr(f"{name}_count", count)
+        pipe.incr(f"{name}_sum_ms", round(dist.sum * M.MS, 3))
+        for q, suffix in ((0.5, "_p50"), (0.95, "_p95"), (0.99, "_p99")):
+            pipe.timing(f"{name}{suffix}", dist.quantile(q) * M.MS)
 
     def _pipeline(self) -> Any:
         make = getattr(self._client, "pipeline", None)

@@ -29,10 +29,15 @@ NEUTRAL = (
     "urltemplate",
     "urlcrypt",
     "health",
+    "measures",
+    "profiling",
     "forks",
     "logs",
     "live",
 )
+
+#: the metric exporters: their own client libraries, but no SQLAlchemy (a Redis pool needs none)
+EXPORTERS = ("metrics", "metrics.prometheus", "metrics.statsd", "metrics.otel")
 
 PROBE = """
 import importlib, sys, types
@@ -67,3 +72,14 @@ def test_the_probe_would_see_an_import() -> None:
         check=True,
     )
     assert "sqlalchemy" in out.stdout
+
+
+def test_metric_exporters_import_no_sqlalchemy() -> None:
+    path = str(Path(sqlalchemy_smartpool.__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(path=path, modules=EXPORTERS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "", f"the exporters imported: {out.stdout.strip()}"

@@ -211,3 +211,19 @@ def test_tick_hooks_run_each_tick_and_a_failing_one_stops_nothing(
     assert len(seen) == 3 and "tick hook failed" in caplog.text
     engine.remove_tick_hook(boom)
     assert len(engine._tick_hooks) == 1
+
+
+def test_validations_skipped_holds_when_validation_is_turned_off_live(
+    make: Callable[..., Made], clock: FakeClock
+) -> None:
+    engine, _, _ = make(validation_interval=10.0)
+    for _ in range(3):
+        engine.checkin(slot(engine.checkout()))
+    skipped = engine.stats().counters[S.VALIDATIONS_SKIPPED]
+    assert skipped >= 3
+    engine.reconfigure({"validate_on_checkout": False})
+    engine.checkin(slot(engine.checkout()))
+    assert engine.stats().counters[S.VALIDATIONS_SKIPPED] == skipped, "frozen, not back to 0"
+    engine.reconfigure({"validate_on_checkout": True})
+    engine.checkin(slot(engine.checkout()))
+    assert engine.stats().counters[S.VALIDATIONS_SKIPPED] == skipped + 1

@@ -123,10 +123,20 @@ def test_as_dict_has_every_key() -> None:
         assert d[key] == value
     assert set(S.COUNTERS) <= set(d)
     assert d[S.CHECKOUTS] == 5
-    fields = {f.name for f in dataclasses.fields(PoolStats)} - {"counters"}
+    fields = {f.name for f in dataclasses.fields(PoolStats)} - {"counters", "timings"}
     assert set(d) == fields | set(S.COUNTERS), "every field flattened, counters inlined"
     for name in fields:
         assert d[name] == getattr(st, name)
+
+
+def test_as_dict_flattens_timings_to_count_and_sum() -> None:
+    t = S.Timing()
+    t.record(0.002)
+    t.record(0.5)
+    st = dataclasses.replace(_stats(), timings={S.USE_TIME: t.snapshot()})
+    d = st.as_dict()
+    assert d["use_time_count"] == 2 and d["use_time_sum"] == pytest.approx(0.502)
+    assert "timings" not in d
 
 
 def test_counter_names_are_unique() -> None:

@@ -288,7 +288,9 @@ def test_top_holders_are_shown_when_the_pool_has_them(engine: sa.Engine) -> None
     pool: Any = engine.pool
     monitor = PoolMonitor({"db": engine})
     try:
-        assert monitor.status()["pools"][0]["top_holders"] is None  # no such method: nothing shown
+        shown = monitor.status()["pools"][0]["top_holders"]
+        assert isinstance(shown, list), "SmartPool.top_holders() is shown: a list of locations"
+        assert all({"location", "count", "total_s", "p99_s"} <= set(h) for h in shown)
         pool.top_holders = lambda: [{"holder": "report_job password=x", "connections": 2, "held": 1.5}]
         shown = monitor.status()["pools"][0]["top_holders"]
         assert shown == [{"holder": "report_job password=***", "connections": 2, "held": 1.5}]
