@@ -712,9 +712,11 @@ class _PoolBase:
 
     def _recreate_with(self, config: PoolConfig) -> Any:
         """A new pool of this kind with ``config`` (``swap_pool``): same connection class and
-        arguments (its credential provider too) and layers; a settings watch moves over."""
+        arguments (its credential provider too), checkout listeners and layers; a settings watch
+        moves over."""
         new = type(self)(self.connection_class, **self._connection_kwargs, pool_config=config, environ={},
                          _layers=self._layers)  # fmt: skip
+        new._engine.adopt_listeners(self._engine.listeners)  # checkout listeners carry over
         if self._settings_watch is not None:
             self._settings_watch.attach(new)
         return new
