@@ -376,6 +376,32 @@ def test_fork_child_gets_its_own_connections(make_pool: Callable[..., SmartRedis
     assert pool.stats().counters["validations_failed"] == 0
 
 
+def ping_until_breaker_opens(r: redis.Redis, *, within: float) -> tuple[list[BaseException], float]:
+    """PING until the pool answers with its open breaker (or ``within`` seconds pass);
+    returns the errors seen (the last one tells how it ended) and the slowest request's seconds."""
+    errors: list[BaseException] = []
+    slowest = 0.0
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        try:
+            r.ping()
+        except redis.ConnectionError as err:
+            errors.append(err)
+            if isinstance(err, CircuitOpen):
+                break
+        finally:
+            slowest = max(slowest, time.monotonic() - t0)
+    return errors, slowest
+
+
+def pings(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except redis.ConnectionError:
+        return False
+
+
 # -------------------------------------------------------------- a server of our own
 
 
@@ -443,15 +469,7 @@ def test_outage_opens_the_breaker_and_recovers(
     assert r.ping()
     own_redis.stop()
     # the first caller(s) find the connections dead and fail with a ConnectionError ...
-    errors: list[BaseException] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            r.ping()
-        except redis.ConnectionError as err:
-            errors.append(err)
-            if isinstance(err, CircuitOpen):
-                break
+    errors, _ = ping_until_breaker_opens(r, within=10)
     assert errors and isinstance(errors[-1], RedisCircuitOpenError), errors[-3:]
     # ... and once the breaker is open, every checkout fails fast
     t0 = time.monotonic()
@@ -460,21 +478,15 @@ def test_outage_opens_the_breaker_and_recovers(
             r.ping()
     assert (time.monotonic() - t0) / 20 < 0.05
     own_redis.start()
-
-    def recovered() -> bool:
-        try:
-            return bool(r.ping())
-        except redis.ConnectionError:
-            return False
-
-    assert wait_until(recovered, 10)
+    assert wait_until(lambda: pings(r), 10)
     assert pool.stats().breaker_state == "closed"
     assert wait_until(lambda: len(clients_named(name, own_redis.port)) == pool.size(), 5)
 
 
 def test_black_holed_host_opens_the_breaker(make_pool: Callable[..., SmartRedisPool], name: str) -> None:
     """A host that accepts TCP and never answers: redis-py would wait on the handshake for
-    ever (no socket_timeout); the pool bounds it by connect_timeout, so the breaker opens."""
+    ever (no socket_timeout); the pool bounds it by socket_connect_timeout (here from
+    connect_timeout), so the breaker opens."""
     with FaultProxy(HOST, REDIS_PORT) as proxy:
         pool = make_pool(
             port=proxy.port,
@@ -492,32 +504,13 @@ def test_black_holed_host_opens_the_breaker(make_pool: Callable[..., SmartRedisP
         assert r.ping()
         proxy.mode = FaultMode.BLACKHOLE
         proxy.reset_all()  # the host vanished: what was open is gone, new connects hang
-        errors: list[BaseException] = []
-        slowest = 0.0
         down = time.monotonic()
-        deadline = down + 15
-        while time.monotonic() < deadline:
-            t0 = time.monotonic()
-            try:
-                r.ping()
-            except redis.ConnectionError as err:
-                errors.append(err)
-                if isinstance(err, CircuitOpen):
-                    break
-            finally:
-                slowest = max(slowest, time.monotonic() - t0)
+        errors, slowest = ping_until_breaker_opens(r, within=15)
         assert errors and isinstance(errors[-1], RedisCircuitOpenError), errors[-3:]
         # unbounded, redis-py's handshake held each connect ~10 s; bounded: < 1 s
         opened = time.monotonic() - down
         assert opened < 3.0, f"breaker opened {opened:.1f}s after the host vanished"
         assert slowest < 2.0 + 1.0, f"a request took {slowest:.2f}s"  # acquire_timeout + slack
         proxy.mode = FaultMode.PASS
-
-        def recovered() -> bool:
-            try:
-                return bool(r.ping())
-            except redis.ConnectionError:
-                return False
-
-        assert wait_until(recovered, 10)
+        assert wait_until(lambda: pings(r), 10)
         assert pool.stats().breaker_state == "closed"
