@@ -463,16 +463,8 @@ class PoolCore(Generic[C]):
 
     def pinged(self, slot: Slot[C], ok: bool, now: float) -> tuple[Waiter[C] | None, bool]:
         """A keepalive ping ended. Returns (waiter to wake, whether to close it)."""
-        self.maintaining -= 1
         self.counters[S.KEEPALIVES] += 1
-        if not ok or self.closed:
-            self.size -= 1
-            self.counters[S.CONNECTIONS_INVALIDATED] += 1
-            return None, True
-        if self._outlived(slot):
-            return None, True
-        slot.validated_at = now
-        return self._place(slot, now, touch=False), False
+        return self.probed(slot, ok, now)
 
     # -- health probes (PoolEngine.probe) ---------------------------------------------
 
@@ -486,7 +478,8 @@ class PoolCore(Generic[C]):
         return slot
 
     def probed(self, slot: Slot[C], ok: bool, now: float) -> tuple[Waiter[C] | None, bool]:
-        """A health probe's ping ended. Returns (waiter to wake, whether to close it)."""
+        """A health probe's ping (or, through :meth:`pinged`, a keepalive's) ended: the slot
+        leaves ``maintaining``. Returns (waiter to wake, whether to close it)."""
         self.maintaining -= 1
         if not ok or self.closed:
             self.size -= 1
