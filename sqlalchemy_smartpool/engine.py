@@ -428,19 +428,30 @@ class PoolEngine(Generic[C]):
             if not core.validation_due(slot, now):
                 return slot
 
-    def _ping(self, slot: Slot[C]) -> bool:
-        """One validation, cut off after ``validation_timeout`` by shutting the socket down."""
+    def _ping_within(self, conn: C, timeout: float, cut: list[bool] | None = None) -> bool:
+        """``backend.ping(conn)``, cut off after ``timeout`` by shutting the socket down
+        (the ping then fails or raises); a cut is noted in ``cut`` when one is given."""
         backend = self.backend
-        fd = backend.socket_fd(slot.conn)
+        fd = backend.socket_fd(conn)
         rt = self._rt
         watchdog = None
         if fd is not None and rt is not None:
-            watchdog = rt.call_later(self.config.validation_timeout, lambda: _abort_socket(fd))
+
+            def abort(fd: int = fd) -> None:
+                if cut is not None:
+                    cut.append(True)
+                _abort_socket(fd)
+
+            watchdog = rt.call_later(timeout, abort)
         try:
-            ok = backend.ping(slot.conn)
+            return backend.ping(conn)
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+
+    def _ping(self, slot: Slot[C]) -> bool:
+        """One validation, cut off after ``validation_timeout``."""
+        ok = self._ping_within(slot.conn, self.config.validation_timeout)
         if not ok:
             cause = _take_cause(slot.conn)
             msg = "connection #%d failed validation%s"
@@ -756,27 +767,13 @@ class PoolEngine(Generic[C]):
     def _probe_ping(self, slot: Slot[C], start: float, deadline: float) -> ProbeResult | None:
         """Ping a connection taken for a probe and give it back; None: it was dead (a
         disconnect, e.g. after a server restart), so a fresh connect must decide."""
-        backend = self.backend
-        rt = self._rt
         fired: list[bool] = []
-        watchdog = None
         error: BaseException | None = None
         ok = False
         try:
-            fd = backend.socket_fd(slot.conn)
-            if fd is not None and rt is not None:
-
-                def cut(fd: int = fd) -> None:
-                    fired.append(True)
-                    _abort_socket(fd)
-
-                watchdog = rt.call_later(max(deadline - self._clock(), 0.0), cut)
-            ok = backend.ping(slot.conn)
+            ok = self._ping_within(slot.conn, max(deadline - self._clock(), 0.0), fired)
         except BaseException as err:  # a cancellation too: the connection is not trusted again
             error = err
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
         now = self._clock()
         alive = ok and error is None
         with self._lock:
