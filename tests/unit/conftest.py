@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from sqlalchemy_smartpool.config import PoolConfig
+from sqlalchemy_smartpool.config import ENV_PREFIX, PoolConfig
 from sqlalchemy_smartpool.core import PoolCore
 
 
@@ -68,3 +69,12 @@ def make_core(clock: FakeClock) -> Callable[..., PoolCore[Conn]]:
         return core
 
     return make
+
+
+@pytest.fixture
+def clean_smartpool_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own SMARTPOOL_* settings must not leak into tests of the config layers
+    (every pool reads them); a module opts in with ``pytestmark``."""
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)

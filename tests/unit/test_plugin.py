@@ -6,7 +6,6 @@ over what the code passes, and every bad value must name where it came from.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,12 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from sqlalchemy_smartpool import SmartPool
-from sqlalchemy_smartpool.config import ENV_PREFIX, PoolConfig
+from sqlalchemy_smartpool.config import PoolConfig
 from sqlalchemy_smartpool.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("clean_smartpool_env")
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A developer's own SMARTPOOL_* settings must not leak into these tests."""
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
+
 
 
 @pytest.fixture

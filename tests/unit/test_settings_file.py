@@ -22,13 +22,14 @@ from sqlalchemy import create_engine
 from sqlalchemy_smartpool import AsyncSmartPool, SmartPool
 from sqlalchemy_smartpool.config import (
     BACKEND_DEFAULTS,
-    ENV_PREFIX,
     PoolConfig,
     file_settings,
     from_pool_arguments,
 )
 from sqlalchemy_smartpool.errors import ConfigError
 from sqlalchemy_smartpool.redis_pool import SmartRedisPool, split_kwargs
+
+pytestmark = pytest.mark.usefixtures("clean_smartpool_env")
 
 FILE = """
 max_size = 20
@@ -51,13 +52,6 @@ min_size = 10
 backoff_max = 30
 """
 
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A developer's own SMARTPOOL_* settings must not leak into these tests."""
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
 
 
 @pytest.fixture

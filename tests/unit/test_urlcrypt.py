@@ -26,12 +26,9 @@ from sqlalchemy_smartpool.urlcrypt import decrypt_url, encrypt_url, generate_key
 
 PASSWORD = "Pa55-w0rd-for-urlcrypt"
 
+pytestmark = pytest.mark.usefixtures("clean_smartpool_env")
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
+
 
 
 @pytest.fixture

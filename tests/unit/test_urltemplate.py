@@ -7,7 +7,6 @@ Redis runs are in tests/integration/test_settings_secrets.py.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,17 +17,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from sqlalchemy_smartpool import SmartPool, urltemplate
-from sqlalchemy_smartpool.config import ENV_PREFIX
 from sqlalchemy_smartpool.errors import ConfigError, SecretError
 from sqlalchemy_smartpool.plugin import parse_url, smartpool_url
 from sqlalchemy_smartpool.redis_pool import SmartRedisPool, TemplatedCredentials, _SyncBackend
 
+pytestmark = pytest.mark.usefixtures("clean_smartpool_env")
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith(ENV_PREFIX):
-            monkeypatch.delenv(key)
+
 
 
 @pytest.fixture
