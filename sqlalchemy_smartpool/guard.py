@@ -169,18 +169,12 @@ def scan(sql: str, flavour: str = "pg") -> Verdict:
             break
         i = m.start()
         ch = sql[i]
-        if ch == "-":  # "--": MySQL wants whitespace or a control character (or the end) after it
-            if mysql and i + 2 < n and sql[i + 2] > " ":
-                code(i + 2)
-                pos = i + 2
-                continue
-            code(i)
-            end = sql.find("\n", i)
-            end = n if end < 0 else end
-            _line_comment(sql, i, end, last_literal_end, findings)
-            pos = end
+        # "--": MySQL wants whitespace or a control character (or the end) after it
+        if ch == "-" and mysql and i + 2 < n and sql[i + 2] > " ":
+            code(i + 2)
+            pos = i + 2
             continue
-        if ch == "#":
+        if ch == "-" or ch == "#":  # a line comment, to the end of the line
             code(i)
             end = sql.find("\n", i)
             end = n if end < 0 else end
