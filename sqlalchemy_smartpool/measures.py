@@ -116,6 +116,14 @@ def _c(
     )  # fmt: skip
 
 
+def _error(kind: str, what: str, source: str) -> Measure:
+    """One row of the errors-by-kind family: a counter of ``stats()`` under ``kind``."""
+    return _c(
+        f"errors.{kind}", "{error}", f"Errors by kind: {what}", source, "smartpool.connection.errors",
+        attrs={ERROR_TYPE_ATTR: kind}, prom="errors", labels={"kind": kind}, statsd=None,
+    )  # fmt: skip
+
+
 def _h(key: str, description: str, source: str, otel: str, *, prom: str, statsd: str) -> Measure:
     return Measure(
         key, HISTOGRAM, "s", description, source, otel, "histogram", _EMPTY, prom, _EMPTY, statsd,
@@ -189,21 +197,11 @@ MEASURES: tuple[Measure, ...] = (
     _c("rejected.breaker_open", "{checkout}", "Checkouts refused fast because the breaker was open.",
        S.REJECTED_BREAKER, None, prom=S.REJECTED_BREAKER, statsd=S.REJECTED_BREAKER),
     # -- errors by kind (one family; the per-kind counters above and below stay) ---------
-    _c("errors.timeout", "{error}", "Errors by kind: checkout timed out.", S.TIMEOUTS,
-       "smartpool.connection.errors", attrs={ERROR_TYPE_ATTR: "timeout"},
-       prom="errors", labels={"kind": "timeout"}, statsd=None),
-    _c("errors.queue_full", "{error}", "Errors by kind: wait queue full.", S.REJECTED_FULL,
-       "smartpool.connection.errors", attrs={ERROR_TYPE_ATTR: "queue_full"},
-       prom="errors", labels={"kind": "queue_full"}, statsd=None),
-    _c("errors.breaker_open", "{error}", "Errors by kind: refused by the open breaker.",
-       S.REJECTED_BREAKER, "smartpool.connection.errors", attrs={ERROR_TYPE_ATTR: "breaker_open"},
-       prom="errors", labels={"kind": "breaker_open"}, statsd=None),
-    _c("errors.connect", "{error}", "Errors by kind: a connect attempt failed.", S.CONNECTIONS_FAILED,
-       "smartpool.connection.errors", attrs={ERROR_TYPE_ATTR: "connect"},
-       prom="errors", labels={"kind": "connect"}, statsd=None),
-    _c("errors.validation", "{error}", "Errors by kind: a checkout validation found a dead connection.",
-       S.VALIDATIONS_FAILED, "smartpool.connection.errors", attrs={ERROR_TYPE_ATTR: "validation"},
-       prom="errors", labels={"kind": "validation"}, statsd=None),
+    _error("timeout", "checkout timed out.", S.TIMEOUTS),
+    _error("queue_full", "wait queue full.", S.REJECTED_FULL),
+    _error("breaker_open", "refused by the open breaker.", S.REJECTED_BREAKER),
+    _error("connect", "a connect attempt failed.", S.CONNECTIONS_FAILED),
+    _error("validation", "a checkout validation found a dead connection.", S.VALIDATIONS_FAILED),
     # -- connection lifecycle -----------------------------------------------------------
     _c("connections.created", "{connection}", "Connections opened.", S.CONNECTIONS_CREATED,
        "smartpool.connection.created", prom=S.CONNECTIONS_CREATED, statsd=S.CONNECTIONS_CREATED),
