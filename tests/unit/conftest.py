@@ -78,3 +78,11 @@ def clean_smartpool_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(ENV_PREFIX):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def make(clock: FakeClock) -> Callable[..., Any]:
+    """``make(**settings)``: a started engine over the fakes of test_engine (``build_engine``)."""
+    from .test_engine import build_engine  # the fakes live beside the engine's own tests
+
+    return lambda **settings: build_engine(clock, **settings)

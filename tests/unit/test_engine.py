@@ -150,24 +150,22 @@ def slot(conn: Conn) -> Any:
     return found
 
 
-@pytest.fixture
-def make(clock: FakeClock) -> Callable[..., Made]:
-    def build(**settings: Any) -> Made:
-        config = PoolConfig(min_size=0, max_size=2, lifetime_jitter=0.0, barge_window=0.0).replace(**settings)
-        backend = FakeBackend()
-        runtimes: list[FakeRuntime] = []
+def build_engine(clock: FakeClock, **settings: Any) -> Made:
+    """An engine over :class:`FakeBackend` on a :class:`FakeRuntime`, started with one
+    connection; the ``make`` fixture (conftest) hands this out bound to the test's clock."""
+    config = PoolConfig(min_size=0, max_size=2, lifetime_jitter=0.0, barge_window=0.0).replace(**settings)
+    backend = FakeBackend()
+    runtimes: list[FakeRuntime] = []
 
-        def runtime(name: str, workers: int) -> FakeRuntime:
-            runtimes.append(FakeRuntime(clock))
-            return runtimes[-1]
+    def runtime(name: str, workers: int) -> FakeRuntime:
+        runtimes.append(FakeRuntime(clock))
+        return runtimes[-1]
 
-        engine: PoolEngine[Conn] = PoolEngine(
-            config, backend, name="unit", errors=NEUTRAL, runtime=runtime, clock=clock
-        )
-        engine.checkin(slot(engine.checkout()))  # starts the runtime, one connection
-        return engine, backend, runtimes[-1]
-
-    return build
+    engine: PoolEngine[Conn] = PoolEngine(
+        config, backend, name="unit", errors=NEUTRAL, runtime=runtime, clock=clock
+    )
+    engine.checkin(slot(engine.checkout()))  # starts the runtime, one connection
+    return engine, backend, runtimes[-1]
 
 
 def test_a_transient_connect_error_is_retried_on_a_timer_not_in_a_sleep(make: Callable[..., Made]) -> None:

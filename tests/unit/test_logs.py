@@ -38,7 +38,7 @@ from sqlalchemy_smartpool.metrics import pool_name
 from sqlalchemy_smartpool.sched import Housekeeper
 
 from .conftest import Conn, FakeClock
-from .test_engine import FakeBackend, FakeRuntime, Transient, slot
+from .test_engine import FakeBackend, Made, Transient, slot
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "logging.md"
 
@@ -83,27 +83,6 @@ def captured() -> Iterator[Capture]:
         root.setLevel(old)
 
 
-Made = tuple[PoolEngine[Conn], FakeBackend, FakeRuntime]
-
-
-@pytest.fixture
-def make(clock: FakeClock) -> Callable[..., Made]:
-    def build(**settings: Any) -> Made:
-        config = PoolConfig(min_size=0, max_size=2, lifetime_jitter=0.0, barge_window=0.0).replace(**settings)
-        backend = FakeBackend()
-        runtimes: list[FakeRuntime] = []
-
-        def runtime(name: str, workers: int) -> FakeRuntime:
-            runtimes.append(FakeRuntime(clock))
-            return runtimes[-1]
-
-        engine: PoolEngine[Conn] = PoolEngine(
-            config, backend, name="unit", errors=NEUTRAL, runtime=runtime, clock=clock
-        )
-        engine.checkin(slot(engine.checkout()))
-        return engine, backend, runtimes[-1]
-
-    return build
 
 
 # ------------------------------------------------------------------ records
