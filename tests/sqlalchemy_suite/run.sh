@@ -171,8 +171,11 @@ async_tests() {  # label, dburi, extra pytest args...
 for backend in $BACKENDS; do
     case "$backend" in
     sqlite)
-        engine_tests "sqlite (file)" "sqlite:///$RUN_DIR/querytest.db" "$@"
-        async_tests "asyncio: sqlite+aiosqlite (file)" "sqlite+aiosqlite:///$RUN_DIR/async_querytest.db" "$@"
+        # relative to $RUN_DIR (the working directory): SQLAlchemy's provisioning rebuilds a
+        # sqlite file name from its first "_"/"."-separated token, so an absolute path
+        # becomes "/root/_pysqlite.db" -- one file in $HOME for every run side by side
+        engine_tests "sqlite (file)" "sqlite:///querytest.db" "$@"
+        async_tests "asyncio: sqlite+aiosqlite (file)" "sqlite+aiosqlite:///async_querytest.db" "$@"
         if [[ "$MODE" == "suite" ]]; then
             run "Pool API tests on SmartPool (mock DBAPI)" "${POOL_TESTS[@]}" -k "($POOL_SELECT) and $SELECT" "$@"
         fi
