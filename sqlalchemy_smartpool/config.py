@@ -19,9 +19,14 @@ import threading
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Literal, get_args
 
-from .errors import ConfigError
+from .errors import ConfigError, redact
 
 ReuseStrategy = Literal["fifo", "lifo"]
+#: the fleet budget's policy while Redis is down (fleet.DOWN_POLICIES; kept here so config imports nothing)
+BudgetDownPolicy = Literal["share", "held", "max"]
+BUDGET_DOWN_POLICIES: tuple[str, ...] = get_args(BudgetDownPolicy)
+#: URL schemes redis-py accepts for the budget's store
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 REUSE_STRATEGIES: tuple[str, ...] = get_args(ReuseStrategy)
 
 #: Prefix of the environment variables read by :meth:`PoolConfig.from_env`.
@@ -311,6 +316,25 @@ class PoolConfig:
     holder_sample_every: int = 64
     #: Name used in logs and metrics; defaults to the pool's id.
     name: str | None = None
+    #: Fleet-wide ceiling of server connections for this pool's target, kept in Redis and
+    #: shared by every pool (any process, any host) with the same target (docs/fleet.md).
+    #: A lease is taken before each physical connect; checkouts never touch Redis. None: off.
+    budget: int | None = None
+    #: The Redis URL the budget is kept in; required with ``budget``. Never logged.
+    budget_redis: str | None = dataclasses.field(default=None, repr=False)
+    #: What the budget is for; by default the database URL without credentials.
+    budget_key: str | None = None
+    #: Prefix of the budget's Redis keys.
+    budget_prefix: str = "smartpool:budget"
+    #: A lease lives this long without renewal (renewed every quarter of it, at most every
+    #: second): a killed process's leases come back within it; a process frozen longer
+    #: closes the connections whose leases it lost before using them.
+    budget_ttl: float = 10.0
+    #: While Redis cannot be reached: "share" keeps the connections held and opens new ones up
+    #: to the last fair share; "held" opens none; "max" ignores the budget (up to ``max_size``).
+    budget_on_redis_down: BudgetDownPolicy = "share"
+    #: Socket timeouts of the budget's Redis calls (a slow Redis counts as down).
+    budget_timeout: float = 0.5
     breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
 
     def __post_init__(self) -> None:
@@ -348,6 +372,42 @@ class PoolConfig:
             raise ConfigError("name", self.name, "must be a string")
         if not isinstance(self.breaker, CircuitBreakerConfig):
             raise ConfigError("breaker", self.breaker, "must be a CircuitBreakerConfig")
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        _check_number(
+            "budget", self.budget, integer=True, minimum=1, maximum=MAX_CONNECTIONS, allow_none=True
+        )
+        redis_url = self.budget_redis
+        if redis_url is not None and (
+            not isinstance(redis_url, str) or not redis_url.strip().lower().startswith(_REDIS_SCHEMES)
+        ):
+            shown = redact(redis_url) if isinstance(redis_url, str) else redis_url
+            raise ConfigError("budget_redis", shown, f"must be a Redis URL ({', '.join(_REDIS_SCHEMES)})")
+        if self.budget is not None and redis_url is None:
+            raise ConfigError(
+                "budget", self.budget, "needs budget_redis, the Redis URL the budget is kept in"
+            )
+        for name in ("budget_key", "budget_prefix"):
+            value = getattr(self, name)
+            if value is None and name == "budget_key":
+                continue
+            if not isinstance(value, str) or not value.strip() or any(c in value for c in "{}\n\r"):
+                raise ConfigError(name, value, "must be a non-empty string without braces or newlines")
+        _check_number("budget_ttl", self.budget_ttl, minimum=0.1, maximum=86_400.0)
+        if self.budget_on_redis_down not in BUDGET_DOWN_POLICIES:
+            raise ConfigError(
+                "budget_on_redis_down",
+                self.budget_on_redis_down,
+                f"must be one of {', '.join(BUDGET_DOWN_POLICIES)}",
+            )
+        _check_number("budget_timeout", self.budget_timeout, minimum=0.001, maximum=60.0)
+        if self.budget is not None and self.budget_timeout >= self.budget_ttl:
+            raise ConfigError(
+                "budget_timeout",
+                self.budget_timeout,
+                f"must be shorter than budget_ttl ({self.budget_ttl!r})",
+            )
 
     # -- building from other sources -------------------------------------------------
 

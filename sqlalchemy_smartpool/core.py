@@ -58,6 +58,7 @@ class Slot(Generic[C]):
         "last_used",
         "lease",
         "poller",
+        "token",
         "validated_at",
     )
 
@@ -75,6 +76,8 @@ class Slot(Generic[C]):
         self.poller: Any = None
         #: the pool's drain epoch when it was opened: older ones are not reused
         self.epoch = 0
+        #: its fleet-budget lease (fleet.py): > 0 a token, 0 none (store down), -1 fenced
+        self.token = 0
 
     def __repr__(self) -> str:
         return f"<Slot #{self.id}>"
@@ -161,6 +164,8 @@ class PoolCore(Generic[C]):
         self.over_marks: dict[int, float] = {}
         #: connects in flight when ``max_size`` was lowered below the pool (dropped on arrival)
         self.stale_connects = 0
+        #: a ceiling below ``max_size`` set from outside: the fleet budget's share (fleet.py)
+        self.cap: int | None = None
         self.counters: dict[str, int] = dict.fromkeys(S.COUNTERS, 0)
         #: kept out of ``counters`` because the adapters' hot paths bump it directly
         self.checkouts = 0
@@ -177,6 +182,26 @@ class PoolCore(Generic[C]):
     @property
     def in_use(self) -> int:
         return len(self.leased)
+
+    @property
+    def limit(self) -> int:
+        """The ceiling in force: ``max_size``, or the fleet budget's cap when lower."""
+        cap = self.cap
+        top = self.config.max_size
+        return top if cap is None or cap >= top else cap
+
+    def set_cap(self, cap: int | None) -> None:
+        """Put a ceiling below ``max_size`` (None lifts it). Above it, the checked-out connections
+        are marked and the first to come back are closed until the pool fits (as for a lowered
+        ``max_size``); idle ones above it go after ``idle_timeout``. A checkout is never cut short."""
+        self.cap = cap
+        if self.size > self.limit:
+            for slot in self.leased.values():
+                if slot.id not in self.over_marks and slot.expires_at != MARKED:
+                    self.over_marks[slot.id] = slot.expires_at
+                    slot.expires_at = MARKED
+        elif self.over_marks:
+            self._unmark_over()
 
     def new_slot(self, conn: C, now: float) -> Slot[C]:
         """Wrap a freshly opened connection, drawing its jittered end of life."""
@@ -233,14 +258,15 @@ class PoolCore(Generic[C]):
 
     def plan_connects(self, now: float) -> int:
         """How many background connects to start now; they are counted as pending."""
-        if self.closed or self.size + self.pending >= self.config.max_size or self.paused:
+        limit = self.limit
+        if self.closed or self.size + self.pending >= limit or self.paused:
             return 0  # the common answer under contention, without the sizing call
         want = connects_wanted(
             size=self.size,
             pending=self.pending,
             waiting=len(self.waiters),
-            min_size=self.config.min_size if self.refill else 0,
-            max_size=self.config.max_size,
+            min_size=min(self.config.min_size, limit) if self.refill else 0,
+            max_size=limit,
             max_concurrent=self.config.max_concurrent_connects,
         )
         if want and self.breaker.is_open and self.pending:
@@ -428,7 +454,7 @@ class PoolCore(Generic[C]):
             surplus = idle_to_close(
                 idle_since=[s.last_used for s in keep],
                 size=self.size - len(plan.close),
-                min_size=cfg.min_size,
+                min_size=min(cfg.min_size, self.limit),
                 idle_timeout=cfg.idle_timeout,
                 now=now,
             )
@@ -564,6 +590,27 @@ class PoolCore(Generic[C]):
             self._unmark_over()
         return close, drop
 
+    def fence(self, slots: list[Slot[C]]) -> list[Slot[C]]:
+        """Connections whose fleet-budget lease was lost: never handed out again. Returns the idle
+        ones to close now; a checked-out one is closed when it comes back, one being pinged
+        when its ping ends (its epoch matches no pool's)."""
+        close: list[Slot[C]] = []
+        for slot in slots:
+            slot.token = -1
+            slot.epoch = -1
+            if slot.id in self.leased:
+                self.over_marks.pop(slot.id, None)
+                slot.expires_at = MARKED
+            else:
+                try:
+                    self.idle.remove(slot)
+                except ValueError:
+                    continue  # out for a keepalive ping, or already gone
+                self.size -= 1
+                close.append(slot)
+        self.counters[S.CONNECTIONS_RETIRED] += len(close)
+        return close
+
     def drain(self) -> list[Slot[C]]:
         """Retire every connection open now: idle ones are returned to close at once, checked-out
         ones close when they come back (never reused, not even by a waiter). Connections
@@ -614,8 +661,9 @@ class PoolCore(Generic[C]):
             return True
         if own is None:
             return False  # not ours to judge: its lifetime decides
-        if self.size > self.config.max_size:
-            if self.size - 1 <= self.config.max_size:
+        limit = self.limit
+        if self.size > limit:
+            if self.size - 1 <= limit:
                 self._unmark_over()  # this close makes it fit: the others keep theirs
             return True
         slot.expires_at = own
@@ -625,7 +673,7 @@ class PoolCore(Generic[C]):
     def _outlived(self, slot: Slot[C]) -> bool:
         """A connection back from a keepalive or probe ping that must not idle: drained,
         retiring, or above a lowered ``max_size``. Counted out of the pool if so."""
-        if slot.epoch == self.epoch and not self.retiring and self.size <= self.config.max_size:
+        if slot.epoch == self.epoch and not self.retiring and self.size <= self.limit:
             return False
         self.size -= 1
         self.counters[S.CONNECTIONS_RETIRED] += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import event
@@ -138,6 +138,32 @@ def note_database(dialect: Any, database: Any) -> None:
     if label is not None and dialect is not None:
         with contextlib.suppress(TypeError):  # not weak-referenceable: no name from the URL then
             _databases[dialect] = label
+
+
+def connect_target(dialect: Any, creator: Any) -> str | None:
+    """``<dialect>://<host>:<port>/<database>`` -- where ``create_engine``'s creator connects,
+    never who as (no user, no password) -- read from the arguments it closes over
+    (``cargs``/``cparams``); None for a creator of the application's own."""
+    code = getattr(creator, "__code__", None)
+    cells = getattr(creator, "__closure__", None) or ()
+    if code is None:
+        return None
+    free = dict(zip(code.co_freevars, cells, strict=False))
+    try:
+        cparams = free["cparams"].cell_contents if "cparams" in free else None
+        cargs = free["cargs"].cell_contents if "cargs" in free else ()
+    except ValueError:  # an empty cell
+        return None
+    if not isinstance(cparams, Mapping):
+        return None
+    name = getattr(dialect, "name", None) or "db"
+    database = next((cparams[k] for k in _DATABASE_KEYS if cparams.get(k)), None)
+    if name == "sqlite":
+        database = database or (cargs[0] if cargs else None)
+        return f"sqlite:///{database}" if database else None
+    host = cparams.get("host") or cparams.get("unix_socket") or "localhost"
+    port = cparams.get("port", "")
+    return f"{name}://{host}{':' if port else ''}{port}/{database or ''}"
 
 
 def noted_database(dialect: Any) -> str | None:

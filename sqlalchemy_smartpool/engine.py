@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import select
@@ -37,7 +38,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
-from . import forks, leaks, live, logs, profiling
+from . import fleet, forks, leaks, live, logs, profiling
 from . import stats as S
 from .backoff import Backoff
 from .config import PoolConfig
@@ -153,6 +154,7 @@ class PoolEngine(Generic[C]):
         runtime: Callable[[str, int], Runtime],
         clock: Callable[[], float] = time.monotonic,
         can_validate: bool = True,
+        budget_target: Callable[[], str] | None = None,
     ) -> None:
         self.backend = backend
         self.name = name
@@ -186,6 +188,18 @@ class PoolEngine(Generic[C]):
         self._limit_read = False
         #: the last permanent connect error and when it happened, for wait()
         self._permanent: tuple[BaseException, float] | None = None
+        #: the fleet budget (fleet.py): leases in Redis for every physical connection
+        self.fleet: fleet.FleetBudget | None = None
+        #: local instant until which the fleet leases are trusted; checkouts compare with it
+        self._lease_until = float("inf")
+        #: every open connection of a budgeted pool, by slot id (their lease tokens)
+        self._fleet_slots: dict[int, Slot[C]] = {}
+        self._sync_queued = False
+        self._deny_armed = False
+        #: a denied lease is not asked for again before this (the retry timer's instant)
+        self._denied_until = float("-inf")
+        if config.budget is not None:
+            self.fleet = fleet.build(config, target=budget_target or (lambda: self.name), clock=clock)
         forks.register(self)  # a forked child starts clean (forks.py); nothing on the checkout path
 
     def _apply(self, config: PoolConfig) -> None:
@@ -267,6 +281,8 @@ class PoolEngine(Generic[C]):
             return Pending(self, None, t0)
         if self._rt is None:  # served from connections returned after dispose()
             self._ensure_started()
+        if t0 >= self._lease_until:  # fleet leases unconfirmed for a TTL (a pause): re-sync first
+            return Pending(self, slot, t0)
         if self._validate and (
             t0 - slot.last_used > self._interval
             or slot.validated_at < self.core.suspect_before
@@ -284,8 +300,15 @@ class PoolEngine(Generic[C]):
         """The blocking rest of a checkout begun at ``t0``: wait when ``slot`` is None, validate."""
         deadline = t0 + self._timeout
         wait = 0.0
+        if slot is not None and t0 >= self._lease_until:
+            slot = self._lease_checked(slot)
         if slot is None:
             slot = self._wait(t0, deadline)
+            while self._clock() >= self._lease_until:  # a pause while waiting: never use a lost lease
+                kept = self._lease_checked(slot)
+                if kept is not None:
+                    break
+                slot = self._wait(t0, deadline)
             # a connection handed over while we waited was returned after t0: its idle
             # time counts from now (or it would look negative and skip every check)
             now = self._clock()
@@ -634,6 +657,10 @@ class PoolEngine(Generic[C]):
             why = logs.CLOSE_POOL_CLOSED if closed else logs.CLOSE_MAX_LIFETIME
             if not closed and slot.expires_at == MARKED:  # drained, retiring, above a lowered max_size
                 why = logs.CLOSE_RETIRED
+                if slot.token == fleet.FENCED:
+                    why = logs.CLOSE_FENCED
+                elif self.core.cap is not None and self.core.cap < self.config.max_size:
+                    why = logs.CLOSE_OVER_SHARE
         self._close_soon(slot.conn, why)
         if connects:
             self._spawn_connects(connects)
@@ -667,6 +694,8 @@ class PoolEngine(Generic[C]):
             self.core.discard(slot)
             self.core.counters[S.CONNECTIONS_CLOSED] += 1
             connects = self.core.plan_connects(self._clock())
+        if self.fleet is not None:
+            self._lease_back(slot)
         logs.audit(
             self.name,
             logs.CLOSE,
@@ -1148,6 +1177,8 @@ class PoolEngine(Generic[C]):
         self._stop_runtime()
         for slot in idle:
             self._close_now(slot.conn, why=logs.CLOSE_POOL_CLOSED)
+        if self.fleet is not None:
+            self._fleet_leave_if_done()
         logs.audit(
             self.name,
             logs.POOL_CLOSED,
@@ -1189,6 +1220,12 @@ class PoolEngine(Generic[C]):
         self._holders = profiling.HolderStats(self.config.holder_sample_every)  # its lock is fresh
         self.listeners.after_fork()
         self._leak_reports = leaks.LeakReporter(self.name)
+        if self.fleet is not None:  # the parent's leases stay the parent's
+            self.fleet.after_fork()
+            self._fleet_slots = {}
+            self._lease_until = float("inf")
+            self._sync_queued = False
+            self._deny_armed = False
         forks.keep(old_core, old_rt, conns)
         backend = self.backend
         for conn in conns:  # first the byte-level guarantee, then the adapter's bookkeeping
@@ -1273,10 +1310,18 @@ class PoolEngine(Generic[C]):
         and the pool stops refilling on its own until a caller asks again.
         """
         backend = self.backend
+        token = 0
+        if self.fleet is not None:
+            token = self._lease_for_connect()
+            if token < 0:  # the budget is full, or this pool is at its share: wait for a return
+                self._connect_denied()
+                return
         started = self._clock()
         try:
             conn = backend.open()
         except Exception as err:
+            if token > 0:
+                self._token_back(token)
             now = self._clock()
             permanent = backend.is_permanent(err) or not backend.is_transient(err)
             with self._lock:
@@ -1316,6 +1361,10 @@ class PoolEngine(Generic[C]):
                 slot.poller = poller
                 setattr(conn, SLOT_ATTR, slot)
                 keep = not self.core.closed
+                if self.fleet is not None:
+                    slot.token = token
+                    if keep:
+                        self._fleet_slots[slot.id] = slot
             connects = self.core.plan_connects(now)
         self._flush_notes()
         if keep and slot is not None:
@@ -1331,6 +1380,8 @@ class PoolEngine(Generic[C]):
             )
         else:  # dropped (no slot) after dispose(), or the pool was closed meanwhile
             self._close_now(conn, why=logs.CLOSE_DISPOSED if slot is None else logs.CLOSE_POOL_CLOSED)
+            if slot is None and token > 0:
+                self._token_back(token)
         if waiter is not None:
             waiter.wake()
         if connects:
@@ -1392,6 +1443,8 @@ class PoolEngine(Generic[C]):
 
     def _housekeep(self) -> None:
         now = self._clock()
+        if self.fleet is not None:
+            self._fleet_tick(now)
         with self._lock:
             plan = self.core.housekeep(now)
         for slot in plan.close:  # the core's own test: expired, else surplus idle
@@ -1462,6 +1515,10 @@ class PoolEngine(Generic[C]):
         finally:
             with self._lock:
                 self.core.counters[S.CONNECTIONS_CLOSED] += 1
+        if self.fleet is not None:
+            slot = getattr(conn, SLOT_ATTR, None)
+            if slot is not None:
+                self._lease_back(slot)
         if logs.audit_enabled():
             slot = getattr(conn, SLOT_ATTR, None)
             conn_id = slot.id if slot is not None else None
@@ -1478,6 +1535,193 @@ class PoolEngine(Generic[C]):
                 age_s=age,
                 cause=condemned,
             )
+
+    # --------------------------------------------------------- fleet budget (fleet.py)
+
+    def _offload(self, fn: Callable[[], Any]) -> Any:
+        """Run a blocking store call off the event loop when the runtime has one (asyncio)."""
+        blocking = getattr(self._rt, "blocking", None)
+        return blocking(fn) if blocking is not None else fn()
+
+    def _fleet_counts(self) -> tuple[list[int], int, int]:
+        """(tokens held, connections without a lease, in use + waiting), under the lock."""
+        tokens = [s.token for s in self._fleet_slots.values() if s.token > 0]
+        unleased = sum(1 for s in self._fleet_slots.values() if s.token == fleet.UNLEASED)
+        return tokens, unleased, self.core.in_use + len(self.core.waiters)
+
+    def _lease_for_connect(self) -> int:
+        """A lease for one new connection: its token, 0 to open one without (store down, within
+        the local cap), or -1 (denied). One round trip; serialized with syncs."""
+        fl = self.fleet
+        assert fl is not None
+        if self._clock() < self._denied_until:
+            return -1  # denied a moment ago: the retry timer asks again, not every new waiter
+        for _ in range(2):
+            with fl.single_flight():
+                with self._lock:
+                    tokens, _unleased, busy = self._fleet_counts()
+                asked = functools.partial(fl.acquire, held=len(tokens), busy=busy)
+                token, stale = self._offload(asked)
+            if not stale:
+                break
+            self._fleet_sync()  # the holder had expired: fence what was lost, then ask again
+        else:
+            return -1
+        self._lease_until = fl.lease_until
+        with self._lock:
+            if token == fleet.UNLEASED:
+                held = len(self._fleet_slots)
+                cap = fl.down_cap(held)
+                self.core.set_cap(cap)
+                if self.core.size + self.core.pending > cap:
+                    return -1
+            elif fl.store_up:
+                self.core.set_cap(fl.keep if fl.keep >= 0 else None)
+        return int(token)
+
+    def _connect_denied(self) -> None:
+        """No lease for a planned connect: give the reservation back; ask again while callers wait."""
+        fl = self.fleet
+        assert fl is not None
+        delay = fl.retry_delay()
+        with self._lock:
+            self.core.pending -= 1
+            if self._clock() >= self._denied_until:
+                self._denied_until = self._clock() + delay
+            arm = bool(self.core.waiters) and not self._deny_armed
+            if arm:
+                self._deny_armed = True  # one retry timer for all denied connects, not one each
+        rt = self._rt
+        if arm and rt is not None and rt.alive:
+            ref = weakref.ref(self)
+            contextvars.Context().run(rt.call_later, delay, lambda: _denied_retry(ref))
+        elif arm:
+            self._deny_armed = False
+
+    def _denied_retry(self) -> None:
+        with self._lock:
+            self._deny_armed = False
+        self._kick()
+
+    def _lease_back(self, slot: Slot[C]) -> None:
+        """A connection closed: its lease goes back (queued, sent by a background job)."""
+        with self._lock:
+            self._fleet_slots.pop(slot.id, None)
+            token, slot.token = slot.token, fleet.FENCED
+            done = self.core.closed and not self._fleet_slots
+        if token > 0:
+            self._token_back(token)
+        if done:
+            self._fleet_leave_if_done()
+
+    def _token_back(self, token: int) -> None:
+        fl = self.fleet
+        assert fl is not None
+        if fl.release(token) and not self._submit_job(self._flush_releases):
+            self._flush_releases()
+
+    def _flush_releases(self) -> None:
+        fl = self.fleet
+        assert fl is not None
+        with fl.single_flight():
+            self._offload(fl.flush_releases)
+
+    def _fleet_leave_if_done(self) -> None:
+        """The pool closed and its last connection is gone: leave the fleet in one round trip."""
+        fl = self.fleet
+        assert fl is not None
+        with self._lock:
+            if not self.core.closed or self._fleet_slots:
+                return
+        with fl.single_flight():
+            fl.leave()
+
+    def _fleet_tick(self, now: float) -> None:
+        """At each housekeeping tick: note demand; renew the leases when due (as a background job)."""
+        fl = self.fleet
+        assert fl is not None
+        with self._lock:
+            fl.sample(self.core.in_use + len(self.core.waiters))
+            used = bool(self._fleet_slots) or fl.acquires or fl.denied
+            queue = used and not self._sync_queued and fl.sync_due(now)
+            if queue:
+                self._sync_queued = True
+        if queue and not self._submit_job(self._fleet_sync_job):
+            with self._lock:
+                self._sync_queued = False
+
+    def _fleet_sync_job(self) -> None:
+        try:
+            self._fleet_sync()
+        finally:
+            with self._lock:
+                self._sync_queued = False
+
+    def _lease_checked(self, slot: Slot[C]) -> Slot[C] | None:
+        """A checkout with leases unconfirmed past their TTL: re-sync; a connection whose lease
+        was lost is closed (None: the caller waits for another)."""
+        self._fleet_sync(force=True)
+        if slot.token == fleet.FENCED:
+            self.checkin(slot, usable=True)  # marked and of no epoch: closed as fenced
+            return None
+        return slot
+
+    def _fleet_sync(self, *, force: bool = False) -> None:
+        """Renew every lease and report demand (one round trip); fence the connections whose
+        leases were lost and lease the ones opened while the store was down."""
+        fl = self.fleet
+        assert fl is not None
+        with fl.single_flight():
+            if force and self._clock() < self._lease_until:
+                return  # another caller synced while this one waited for the lock
+            with self._lock:
+                tokens, unleased, busy = self._fleet_counts()
+            answer = self._offload(lambda: fl.sync(tokens, unleased, busy))
+            self._lease_until = fl.lease_until
+            now = self._clock()
+            close: list[Slot[C]] = []
+            with self._lock:
+                if answer is None:  # the store is down: the local policy's cap
+                    self.core.set_cap(fl.down_cap(len(self._fleet_slots)))
+                    return
+                lost = set(answer.lost)
+                candidates = [s for s in self._fleet_slots.values() if s.token in lost or s.token == 0]
+                # the ones in use first: they are doing work; idle ones cost nothing to close
+                candidates.sort(key=lambda s: s.id not in self.core.leased)
+                granted = list(answer.granted)
+                fenced = []
+                for s in candidates:
+                    if granted:
+                        s.token = granted.pop()
+                    else:
+                        fenced.append(s)
+                for s in fenced:
+                    del self._fleet_slots[s.id]
+                fl.fenced += len(fenced)
+                close = self.core.fence(fenced)
+                self.core.set_cap(answer.keep if answer.keep >= 0 else None)
+                connects = self.core.plan_connects(now)
+        for token in granted:  # more than needed (a connection closed meanwhile)
+            self._token_back(token)
+        for s in close:
+            self._close_soon(s.conn, logs.CLOSE_FENCED)
+        if connects:
+            self._spawn_connects(connects)
+
+    def fleet_status(self) -> dict[str, Any] | None:
+        """The fleet budget as this pool sees it (None without a budget): share, leases, store."""
+        fl = self.fleet
+        if fl is None:
+            return None
+        with self._lock:
+            slots = list(self._fleet_slots.values())
+            out = fl.status(
+                leases=sum(1 for s in slots if s.token > 0),
+                unleased=sum(1 for s in slots if s.token == fleet.UNLEASED),
+            ).as_dict()
+            out["pool_size"] = self.core.size
+            out["cap"] = self.core.limit
+        return out
 
 
 # ---------------------------------------------------------------------- helpers
@@ -1564,6 +1808,12 @@ def _kick(ref: weakref.ref[PoolEngine[Any]]) -> None:
     engine = ref()
     if engine is not None:
         engine._kick()
+
+
+def _denied_retry(ref: weakref.ref[PoolEngine[Any]]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine._denied_retry()
 
 
 def _retry(ref: weakref.ref[PoolEngine[Any]], generation: int, attempt: int, deadline: float) -> None:

@@ -16,11 +16,13 @@ from .sched_asyncio import AwaitFn, LoopRuntime, runtime_on_running_loop
 #: ``await spawn(fn, *args)`` runs ``fn(*args)`` in a greenlet
 spawn: Callable[..., Coroutine[Any, Any, Any]] = concurrency.greenlet_spawn
 await_: AwaitFn = getattr(concurrency, "await_", None) or concurrency.await_only
+#: whether the caller runs inside one of those greenlets (where ``await_`` works)
+in_greenlet: Callable[[], bool] = concurrency.in_greenlet
 
 
 def loop_runtime(name: str, clock: Callable[[], float]) -> LoopRuntime:
     """The engine's runtime on the running event loop (``WrongEventLoop`` outside one)."""
-    return runtime_on_running_loop(name, spawn=spawn, await_=await_, clock=clock)
+    return runtime_on_running_loop(name, spawn=spawn, await_=await_, clock=clock, in_greenlet=in_greenlet)
 
 
 __all__ = ["await_", "loop_runtime", "spawn"]

@@ -74,6 +74,18 @@ NOT_LIVE: Mapping[str, str] = {
     "connect_timeout": (
         "it is part of the driver's connect arguments, fixed when the engine or client was built"
     ),
+    **dict.fromkeys(
+        (
+            "budget",
+            "budget_redis",
+            "budget_key",
+            "budget_prefix",
+            "budget_ttl",
+            "budget_on_redis_down",
+            "budget_timeout",
+        ),
+        "the fleet budget's leases are held under it; use swap_pool() with a pool built with the new value",
+    ),
 }
 
 

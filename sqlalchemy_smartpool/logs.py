@@ -81,6 +81,10 @@ METRICS_PUSH_FAILED = "metrics_push_failed"
 CONFIG_CHANGED = "config_changed"
 #: for credential rotation: call :func:`credentials_rotated`
 CREDENTIALS_ROTATED = "credentials_rotated"
+#: fleet budget (fleet.py): the lease store went away / came back; leases were lost
+BUDGET_STORE_DOWN = "budget_store_down"
+BUDGET_STORE_BACK = "budget_store_back"
+BUDGET_LEASES_LOST = "budget_leases_lost"
 
 # -- close reasons (the ``reason`` field of ``close``) ---------------------------------------
 
@@ -98,6 +102,8 @@ CLOSE_CLIENT_DISCONNECT = "client_disconnect"  # redis-py's disconnect() on a co
 CLOSE_DETACHED = "detached"  # the adapter closed it itself (a detached connection)
 CLOSE_UNSPECIFIED = "unspecified"
 CLOSE_RETIRED = "retired"  # drain(), rotate_credentials(), a lowered max_size, a swapped-out pool
+CLOSE_FENCED = "fenced"  # its fleet-budget lease was lost (the holder expired): never used again
+CLOSE_OVER_SHARE = "over_share"  # above this pool's fair share of the fleet budget while others wait
 
 _AUDIT = logging.getLogger(AUDIT_LOGGER)
 _ENGINE = logging.getLogger(ENGINE_LOGGER)

@@ -217,6 +217,13 @@ class SmartPool(Pool):
         track_wait_times: Any = _UNSET,
         holder_sample_every: Any = _UNSET,
         name: Any = _UNSET,
+        budget: Any = _UNSET,
+        budget_redis: Any = _UNSET,
+        budget_key: Any = _UNSET,
+        budget_prefix: Any = _UNSET,
+        budget_ttl: Any = _UNSET,
+        budget_on_redis_down: Any = _UNSET,
+        budget_timeout: Any = _UNSET,
         breaker: Any = _UNSET,
         # SQLAlchemy's spellings, as create_engine() passes them
         pool_size: Any = _UNSET,
@@ -311,6 +318,7 @@ class SmartPool(Pool):
             runtime=self._runtime,
             clock=self._clock,
             can_validate=can_validate,
+            budget_target=self._budget_target,
         )
         # the hot path: SQLAlchemy calls these, straight into the engine
         self._do_get = self._engine.checkout  # type: ignore[method-assign]
@@ -363,6 +371,24 @@ class SmartPool(Pool):
         """What log lines, errors and ``stats()`` call this pool: ``name=``, else
         ``pool_logging_name``, else the URL's database, else ``0x<id>``."""
         return self._pool_name
+
+    def _budget_target(self) -> str:
+        """The fleet budget's target when ``budget_key`` is not given: the database URL without
+        credentials, from the connect arguments ``create_engine`` gave its creator."""
+        target = drivers.connect_target(self._dialect, self._creator)
+        if target is None:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                "budget_key", None, "is needed: this pool cannot tell which database it connects to "
+                "(a custom creator); name the budget's target"
+            )
+        return target
+
+    def fleet_status(self) -> dict[str, Any] | None:
+        """The fleet budget as this pool sees it (None without ``budget``): its share, leases
+        held, the fleet's total, whether Redis answers (docs/fleet.md)."""
+        return self._engine.fleet_status()
 
     def _learn_name(self) -> None:
         """After a connect: take the database its arguments named, if one did."""

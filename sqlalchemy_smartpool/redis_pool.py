@@ -524,7 +524,12 @@ class _PoolBase:
     def _new_engine(self) -> PoolEngine[Any]:
         backend = self._backend_class(self.connection_class, self._connection_kwargs, self._await_)
         engine: PoolEngine[Any] = PoolEngine(
-            self._config, backend, name=self._name, errors=REDIS_ERRORS, runtime=self._runtime
+            self._config,
+            backend,
+            name=self._name,
+            errors=REDIS_ERRORS,
+            runtime=self._runtime,
+            budget_target=lambda: default_name(self._connection_kwargs),
         )
         backend.engine = engine
         old = getattr(self, "_engine", None)
@@ -655,6 +660,10 @@ class _PoolBase:
     def stats(self) -> S.PoolStats:
         """A consistent snapshot of gauges, counters and wait percentiles."""
         return self._engine.stats()
+
+    def fleet_status(self) -> dict[str, Any] | None:
+        """The fleet budget as this pool sees it (None without ``budget``); docs/fleet.md."""
+        return self._engine.fleet_status()
 
     def suspected_leaks(self) -> list[leaks.LeakInfo]:
         """Checkouts held longer than ``leak_detection_threshold``, oldest first."""

@@ -84,9 +84,11 @@ class LoopRuntime:
         spawn: Spawn,
         await_: AwaitFn,
         clock: Callable[[], float],
+        in_greenlet: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self.loop = loop
+        self._in_greenlet = in_greenlet
         self._spawn = spawn
         self._await = await_
         self._clock = clock
@@ -157,6 +159,14 @@ class LoopRuntime:
             failed = "background job failed"
             logs.event(logger, logging.ERROR, self.name, logs.JOB_FAILED, failed, exc_info=True)
 
+    def blocking(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run in the loop's executor and awaited, from the engine's blocking-style code
+        (a greenlet on the loop); a direct call elsewhere. For the fleet budget's store calls:
+        a Redis that hangs must not hang the loop."""
+        if not self._on_loop() or self._in_greenlet is None or not self._in_greenlet():
+            return fn()
+        return self._await(self.loop.run_in_executor(None, fn))
+
     # -- waiting ----------------------------------------------------------------------
 
     def new_waiter(self, since: float) -> LoopWaiter:
@@ -176,14 +186,19 @@ class LoopRuntime:
 
 
 def runtime_on_running_loop(
-    name: str, *, spawn: Spawn, await_: AwaitFn, clock: Callable[[], float]
+    name: str,
+    *,
+    spawn: Spawn,
+    await_: AwaitFn,
+    clock: Callable[[], float],
+    in_greenlet: Callable[[], bool] | None = None,
 ) -> LoopRuntime:
     """A runtime bound to the running loop; ``WrongEventLoop`` when there is none."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         raise WrongEventLoop(f"pool {name}: an asyncio pool needs a running event loop") from None
-    return LoopRuntime(name, loop=loop, spawn=spawn, await_=await_, clock=clock)
+    return LoopRuntime(name, loop=loop, spawn=spawn, await_=await_, clock=clock, in_greenlet=in_greenlet)
 
 
 def check_on_loop(engine: Any) -> None:
