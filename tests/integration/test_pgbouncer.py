@@ -426,3 +426,28 @@ def test_session_state_survives_only_in_session_mode(
         assert b_state["pid"] != first
         assert b_state["setting"] != "4321ms"
         assert b_state["temp_table"] is False
+
+
+@pytest.mark.parametrize("reset", ["rollback", None])
+def test_reset_on_return_releases_the_backend(
+    start_pgbouncer: Starter, engines: list[Engine], reset: str | None
+) -> None:
+    """A connection returned inside a transaction keeps its backend unless the pool rolls it back."""
+    pgb = start_pgbouncer(max_db_connections=1, settings={"query_wait_timeout": 1})
+    returner = _engine(engines, pgb.url(), max_size=1, pool_reset_on_return=reset)
+    other = _engine(engines, pgb.url(), max_size=1, validate_on_checkout=False)
+    with other.connect() as conn:  # connected (and the dialect initialised) while the backend is free
+        conn.exec_driver_sql("SELECT 1")
+    raw = returner.raw_connection()
+    cursor = raw.cursor()
+    cursor.execute("SELECT 1")  # psycopg2 opened a transaction: the one backend is this client's
+    cursor.close()
+    raw.close()  # back to SmartPool; reset_on_return decides whether the transaction ends
+    if reset is None:
+        with pytest.raises(sa.exc.OperationalError), other.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        # psycopg2 only says "server closed the connection"; PgBouncer's log says why
+        assert "query_wait_timeout" in pgb.log_tail(50)
+    else:
+        with other.connect() as conn:
+            assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
