@@ -379,6 +379,8 @@ class PoolEngine(Generic[C]):
                 if gave_up:
                     core.note_timeout()
                     state = core.describe()
+                    if self.fleet is not None:  # a full budget is the usual reason then
+                        state += f"; {self.fleet.describe()}"
                     cause = core.last_connect_error if core.last_connect_error_at >= t0 else None
             if gave_up:
                 described = describe_error(cause) if cause is not None else None

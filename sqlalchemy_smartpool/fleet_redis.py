@@ -11,8 +11,9 @@ Every call first reclaims holders whose expiry has passed (a crashed or
 frozen process: its leases go with it), then acts. The clock is Redis's
 ``TIME``, read inside the script, so hosts' clocks never matter; with
 effects replication (the default since Redis 5) a replica applies the
-script's writes, not a re-run with its own clock. Every key gets a PEXPIRE
-of a few TTLs, so a target nobody uses any more leaves nothing behind.
+script's writes, not a re-run with its own clock. Every key but ``seq`` gets a
+PEXPIRE of a few TTLs, so a target nobody uses any more leaves one counter
+behind: kept, so that a fencing token is never handed out twice.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ local function register()
   redis.call('ZADD', hk, now + ttl, holder)
   redis.call('HSET', dk, holder, floor .. ':' .. demand)
   local keep = ttl * 3
-  redis.call('PEXPIRE', hk, keep); redis.call('PEXPIRE', dk, keep); redis.call('PEXPIRE', sk, keep)
+  redis.call('PEXPIRE', hk, keep); redis.call('PEXPIRE', dk, keep)
 end
 
 -- this holder's share, what it may keep, and the fleet's total, from every live holder
