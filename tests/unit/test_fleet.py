@@ -95,6 +95,8 @@ def test_a_budget_without_its_redis_url_fails_at_construction_naming_both() -> N
         ("budget", 0, "must be >= 1"),
         ("budget", "10", "must be an integer"),
         ("budget_ttl", 0.01, "must be >= 0.1"),
+        ("budget_ttl", 1e300, "must be <= 86400"),
+        ("budget_timeout", 0.0, "must be >= 0.001"),
         ("budget_on_redis_down", "ignore", "must be one of share, held, max"),
         ("budget_prefix", "a{b}", "without braces"),
         ("budget_timeout", 20.0, "shorter than budget_ttl"),
