@@ -43,8 +43,9 @@ SCENARIOS: dict[str, str] = {
     "redis-overhead": "redis_overhead",
     "redis-fairness": "redis_fairness",
     "redis-outage": "redis_outage",
+    "fleet": "fleet",
 }
-#: what ``all`` runs, in this order (outage, soak and redis-outage are long; run them by name)
+#: what ``all`` runs, in this order (outage, soak, redis-outage and fleet are long; run them by name)
 ALL: tuple[str, ...] = (
     "overhead",
     "prepping",
@@ -92,7 +93,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save", type=Path, default=None, metavar="FILE", help="also write the JSON results here")
     p.add_argument("--check", action="store_true", help="exit 1 if a goal was missed")
+    fleet = p.add_argument_group("fleet scenario")
+    fleet.add_argument(
+        "--budget", type=_positive, default=None, metavar="B", help="fleet budget (default 20)"
+    )
+    fleet.add_argument(
+        "--procs", type=_int_list, default=None, metavar="N,N,...", help="process counts (default 2,4,8)"
+    )
+    fleet.add_argument("--threads", type=_positive, default=None, metavar="T", help="threads per process (8)")
+    fleet.add_argument(
+        "--seconds", type=float, default=None, metavar="D", help="measured seconds per cell (10)"
+    )
     return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1: {text}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_positive(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         plots=args.plots,
         as_json=args.json,
+        fleet_budget=args.budget,
+        fleet_procs=args.procs,
+        fleet_threads=args.threads,
+        fleet_seconds=args.seconds,
     )
     names = list(ALL) if args.scenario == "all" else [args.scenario]
     scenarios = [load(n) for n in names]

@@ -39,6 +39,11 @@ class Options:
     quick: bool = False
     plots: Path | None = None
     as_json: bool = False
+    #: the fleet scenario's sizes (None: its defaults)
+    fleet_budget: int | None = None
+    fleet_procs: tuple[int, ...] | None = None
+    fleet_threads: int | None = None
+    fleet_seconds: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

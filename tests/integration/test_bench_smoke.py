@@ -55,6 +55,7 @@ ANCHORS = {
         "redis.asyncio.BlockingConnectionPool",
     ),
     "redis-outage": ("SmartRedisPool", "redis.BlockingConnectionPool"),
+    "fleet": ("SmartPool budget", "SmartPool no budget", "SmartPool -> PgBouncer"),
 }
 
 
@@ -96,6 +97,9 @@ def test_scenario_runs_and_reports(
             pytest.skip("redis-server not on PATH")
     elif scenario.startswith("redis-"):
         require_redis()
+    elif scenario == "fleet":  # PostgreSQL, Redis, and a PgBouncer of its own
+        require_postgres()
+        require_redis()
     else:
         require_postgres()
     servers_before = _redis_server_children()
@@ -114,6 +118,20 @@ def test_scenario_runs_and_reports(
         assert name in impls, f"{scenario}: no row for {name}: {impls}"
     for goal in result["goals"]:
         assert {"name", "target", "measured", "met"} <= set(goal)
+    if scenario == "fleet":
+        _check_fleet(result["rows"])
+
+
+def _check_fleet(rows: list[dict[str, Any]]) -> None:
+    """Even a quick run must have measured the things the numbers are made of."""
+    by_impl = {r["impl"]: r for r in rows}
+    budgeted = by_impl["N=2 SmartPool budget"]
+    for row in rows:
+        assert row["req_per_s"] > 0 and row["peak_server"] >= 1, row
+    # the processes' backends were seen, and the leases in Redis too
+    assert 1 <= budgeted["peak_leased"] <= budgeted["budget"], budgeted
+    assert budgeted["acq_per_connect"] >= 1.0, budgeted  # one lease per physical connect, at least
+    assert budgeted["steady_checkouts"] > 0, budgeted
 
 
 def test_cli_help_lists_both_commands() -> None:
