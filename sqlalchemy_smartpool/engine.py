@@ -198,6 +198,10 @@ class PoolEngine(Generic[C]):
         self._deny_armed = False
         #: a denied lease is not asked for again before this (the retry timer's instant)
         self._denied_until = float("-inf")
+        self._denied_streak = 0
+        #: tokens of connects still opening (renewals carry them); those lost meanwhile
+        self._fleet_opening: set[int] = set()
+        self._opening_lost: set[int] = set()
         if config.budget is not None:
             self.fleet = fleet.build(config, target=budget_target or (lambda: self.name), clock=clock)
         forks.register(self)  # a forked child starts clean (forks.py); nothing on the checkout path
@@ -1228,6 +1232,8 @@ class PoolEngine(Generic[C]):
             self._lease_until = float("inf")
             self._sync_queued = False
             self._deny_armed = False
+            self._fleet_opening = set()
+            self._opening_lost = set()
         forks.keep(old_core, old_rt, conns)
         backend = self.backend
         for conn in conns:  # first the byte-level guarantee, then the adapter's bookkeeping
@@ -1323,6 +1329,7 @@ class PoolEngine(Generic[C]):
             conn = backend.open()
         except Exception as err:
             if token > 0:
+                self._opened(token)
                 self._token_back(token)
             now = self._clock()
             permanent = backend.is_permanent(err) or not backend.is_transient(err)
@@ -1364,7 +1371,10 @@ class PoolEngine(Generic[C]):
                 setattr(conn, SLOT_ATTR, slot)
                 keep = not self.core.closed
                 if self.fleet is not None:
-                    slot.token = token
+                    # a lease lost while it opened: unleased now, leased or fenced by the next sync
+                    slot.token = fleet.UNLEASED if token in self._opening_lost else token
+                    self._fleet_opening.discard(token)
+                    self._opening_lost.discard(token)
                     if keep:
                         self._fleet_slots[slot.id] = slot
             connects = self.core.plan_connects(now)
@@ -1383,6 +1393,7 @@ class PoolEngine(Generic[C]):
         else:  # dropped (no slot) after dispose(), or the pool was closed meanwhile
             self._close_now(conn, why=logs.CLOSE_DISPOSED if slot is None else logs.CLOSE_POOL_CLOSED)
             if slot is None and token > 0:
+                self._opened(token)
                 self._token_back(token)
         if waiter is not None:
             waiter.wake()
@@ -1548,24 +1559,34 @@ class PoolEngine(Generic[C]):
     def _fleet_counts(self) -> tuple[list[int], int, int]:
         """(tokens held, connections without a lease, in use + waiting), under the lock."""
         tokens = [s.token for s in self._fleet_slots.values() if s.token > 0]
+        tokens.extend(self._fleet_opening)  # leases of connects still opening
         unleased = sum(1 for s in self._fleet_slots.values() if s.token == fleet.UNLEASED)
         return tokens, unleased, self.core.in_use + len(self.core.waiters)
 
     def _lease_for_connect(self) -> int:
         """A lease for one new connection: its token, 0 to open one without (store down, within
-        the local cap), or -1 (denied). One round trip; serialized with syncs."""
+        the local cap), or -1 (denied). One round trip; serialized with syncs and other connects,
+        so a connect that follows a denial is answered locally until the retry is due."""
         fl = self.fleet
         assert fl is not None
-        if self._clock() < self._denied_until:
-            return -1  # denied a moment ago: the retry timer asks again, not every new waiter
         for _ in range(2):
             with fl.single_flight():
+                if self._clock() < self._denied_until:
+                    return -1  # denied a moment ago: the retry timer asks again, not every waiter
                 with self._lock:
                     tokens, _unleased, busy = self._fleet_counts()
                 asked = functools.partial(fl.acquire, held=len(tokens), busy=busy)
                 token, stale = self._offload(asked)
-            if not stale:
-                break
+                if not stale:
+                    now = self._clock()
+                    with self._lock:
+                        if token > 0:
+                            self._fleet_opening.add(token)  # a renewal must not drop it meanwhile
+                            self._denied_streak = 0
+                        elif token < 0:
+                            self._denied_streak += 1
+                            self._denied_until = now + fl.retry_delay(self._denied_streak)
+                    break
             self._fleet_sync()  # the holder had expired: fence what was lost, then ask again
         else:
             return -1
@@ -1581,15 +1602,19 @@ class PoolEngine(Generic[C]):
                 self.core.set_cap(fl.keep if fl.keep >= 0 else None)
         return int(token)
 
+    def _opened(self, token: int) -> None:
+        """A connect with lease ``token`` ended without a pooled connection."""
+        with self._lock:
+            self._fleet_opening.discard(token)
+            self._opening_lost.discard(token)
+
     def _connect_denied(self) -> None:
         """No lease for a planned connect: give the reservation back; ask again while callers wait."""
         fl = self.fleet
         assert fl is not None
-        delay = fl.retry_delay()
         with self._lock:
             self.core.pending -= 1
-            if self._clock() >= self._denied_until:
-                self._denied_until = self._clock() + delay
+            delay = max(self._denied_until - self._clock(), fl.retry_delay(0))
             arm = bool(self.core.waiters) and not self._deny_armed
             if arm:
                 self._deny_armed = True  # one retry timer for all denied connects, not one each
@@ -1687,6 +1712,7 @@ class PoolEngine(Generic[C]):
                     self.core.set_cap(fl.down_cap(len(self._fleet_slots)))
                     return
                 lost = set(answer.lost)
+                self._opening_lost |= lost & self._fleet_opening
                 candidates = [s for s in self._fleet_slots.values() if s.token in lost or s.token == 0]
                 # the ones in use first: they are doing work; idle ones cost nothing to close
                 candidates.sort(key=lambda s: s.id not in self.core.leased)

@@ -56,6 +56,7 @@ RENEW_FRACTION = 0.25
 RENEW_MAX = 1.0
 #: a denied connect asks again after about this long while callers wait (jittered)
 RETRY_DENIED = 0.05
+RETRY_DENIED_MAX = 0.4
 
 
 class StoreDown(Exception):
@@ -393,8 +394,11 @@ class FleetBudget:
             with self._lock:
                 self._releases.clear()  # the sync after the outage reconciles the set
 
-    def retry_delay(self) -> float:
-        return RETRY_DENIED * (0.5 + self._rng.random())
+    def retry_delay(self, streak: int) -> float:
+        """When a denied pool asks again: 50 ms after a first denial, doubling up to 400 ms while
+        it stays denied (a full fleet frees leases only as fast as shares move), jittered."""
+        base = min(RETRY_DENIED * (2 ** max(streak - 1, 0)), RETRY_DENIED_MAX)
+        return base * (0.5 + self._rng.random())
 
     def leave(self) -> None:
         """The pool closed: give back whatever is still held, in one round trip."""
