@@ -20,12 +20,13 @@ sysdeps:
 	fi
 	@# pgbouncer for tests/integration/test_pgbouncer.py: each test starts its own /usr/sbin/pgbouncer on a
 	@# free port. policy-rc.d exit 101 keeps the package's system service (port 6432) from being started.
-	@if [ ! -x /usr/sbin/pgbouncer ]; then \
-		echo "installing Debian's pgbouncer for the PgBouncer integration test (apt; its service is not started)"; \
+	@# redis-server: tests that stop a Redis start their own (test_fleet, test_redis_pool, the redis-outage bench).
+	@if [ ! -x /usr/sbin/pgbouncer ] || ! command -v redis-server >/dev/null; then \
+		echo "installing Debian's pgbouncer and redis-server for the integration tests (apt; their services are not started)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		PRC=/usr/sbin/policy-rc.d; ADDED=; \
 		if [ ! -e $$PRC ]; then printf '#!/bin/sh\nexit 101\n' | $$SUDO tee $$PRC >/dev/null && $$SUDO chmod +x $$PRC && ADDED=1; fi; \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 pgbouncer; RC=$$?; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 pgbouncer redis-server; RC=$$?; \
 		[ -z "$$ADDED" ] || $$SUDO rm -f $$PRC; \
 		exit $$RC; \
 	fi

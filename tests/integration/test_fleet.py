@@ -476,6 +476,10 @@ def test_redis_restart_under_load_share_policy(fleet: Callable[[str], Fleet], ow
         assert wait_until(lambda: all(not w.last["fleet"]["store_up"] for w in workers), 10.0), (
             "the workers never noticed the outage"
         )
+        # policy "share": each keeps to its last fair share, and fair shares sum to the budget
+        assert wait_until(lambda: sum(s.server().values()) <= budget, 5.0, 0.05), (
+            f"server-side {s.server()} never came back within the budget {budget} while Redis was down"
+        )
         # the outage lasts past the TTL while the load goes on
         assert wait_until(lambda: time.monotonic() > down_at + ttl + 1.0, 10.0)
         during = sum(w.last["requests"] for w in workers) - before
