@@ -169,6 +169,7 @@ class FleetStatus:
     unleased: int
     fenced: int
     fleet_total: int
+    holders: int
     store_up: bool
     acquires: int
     denied: int
@@ -447,6 +448,7 @@ class FleetBudget:
             unleased=unleased,
             fenced=self.fenced,
             fleet_total=self.fleet_total,
+            holders=self.holders,
             store_up=self.store_up,
             acquires=self.acquires,
             denied=self.denied,

@@ -470,6 +470,8 @@ def test_redis_restart_under_load_share_policy(fleet: Callable[[str], Fleet], ow
     with f.sampler() as s:
         workers = [f.start(8, **pool) for _ in range(3)]
         assert wait_until(lambda: all(w.last["requests"] > 0 for w in workers), 30.0), f.logs()
+        # the policy caps by each pool's last view of the fleet: let every one see all three first
+        assert wait_until(lambda: all(w.last["fleet"]["holders"] == 3 for w in workers), 10.0), f.logs()
         before = sum(w.last["requests"] for w in workers)
         own_redis.kill()
         down_at = time.monotonic()
@@ -478,7 +480,8 @@ def test_redis_restart_under_load_share_policy(fleet: Callable[[str], Fleet], ow
         )
         # policy "share": each keeps to its last fair share, and fair shares sum to the budget
         assert wait_until(lambda: sum(s.server().values()) <= budget, 5.0, 0.05), (
-            f"server-side {s.server()} never came back within the budget {budget} while Redis was down"
+            f"server-side {s.server()} never came back within the budget {budget} while Redis was down: "
+            f"{[w.last['fleet'] for w in workers]}"
         )
         # the outage lasts past the TTL while the load goes on
         assert wait_until(lambda: time.monotonic() > down_at + ttl + 1.0, 10.0)
