@@ -245,7 +245,16 @@ def test_health_p99_stays_under_10ms_while_16_threads_load_the_pool(
         secret_url(app_name), poolclass=SmartPool, min_size=8, max_size=8, acquire_timeout=20
     )
     engine.pool.wait(timeout=10)
-    s = serve({"db": engine}, cache_for=1.0, probe_timeout=1.0)
+    # the goal is the production figure: coverage's line tracer (``make test`` runs under it, and it
+    # alone took p99 from ~6 ms to ~9.5 ms) is kept out of the threads started here -- the server's
+    # and the load's; what they run is covered by the other tests
+    tracer = threading.gettrace()
+    threading.settrace(None)  # type: ignore[arg-type]
+    try:
+        s = serve({"db": engine}, cache_for=1.0, probe_timeout=1.0)
+    except BaseException:
+        threading.settrace(tracer)  # type: ignore[arg-type]
+        raise
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -259,8 +268,11 @@ def test_health_p99_stays_under_10ms_while_16_threads_load_the_pool(
                 return
 
     threads = [threading.Thread(target=load, name=f"load-{i}") for i in range(16)]
-    for t in threads:
-        t.start()
+    try:
+        for t in threads:
+            t.start()
+    finally:
+        threading.settrace(tracer)  # type: ignore[arg-type]
     try:
         assert wait_until(lambda: engine.pool.stats().requests_waiting > 0, timeout=10), "no contention"
         before = engine.pool.stats().checkouts
