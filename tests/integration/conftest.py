@@ -279,3 +279,16 @@ def pg_proxy() -> Iterator[FaultProxy]:
     require_postgres()
     with FaultProxy(HOST, POSTGRES_PORT) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Any]:
+    """A redis-server of the test's own (``_ownredis.OwnRedis``), started; stopped after the test."""
+    from ._ownredis import OwnRedis
+
+    server = OwnRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

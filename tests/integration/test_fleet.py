@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -407,57 +406,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class OwnRedis:
-    """A throw-away redis-server (no persistence) that can be killed and started again on its port."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("SMARTPOOL_REQUIRE_SERVICES") == "1":
-                pytest.fail("redis-server not on PATH and SMARTPOOL_REQUIRE_SERVICES=1", pytrace=False)
-            pytest.skip("redis-server not on PATH")
-        self.binary = binary
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
-
-    def start(self) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host=HOST, port=self.port, socket_timeout=0.5)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        try:
-            assert wait_until(up, 10.0, 0.05), f"redis-server on {self.port} did not start"
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def test_redis_restart_under_load_share_policy(fleet: Callable[[str], Fleet], own_redis: OwnRedis) -> None:
+def test_redis_restart_under_load_share_policy(fleet: Callable[[str], Fleet], own_redis: Any) -> None:
     budget, ttl = 15, 2.0
     f = fleet(own_redis.url)
     pool = {
@@ -473,7 +422,7 @@ def test_redis_restart_under_load_share_policy(fleet: Callable[[str], Fleet], ow
         # the policy caps by each pool's last view of the fleet: let every one see all three first
         assert wait_until(lambda: all(w.last["fleet"]["holders"] == 3 for w in workers), 10.0), f.logs()
         before = sum(w.last["requests"] for w in workers)
-        own_redis.kill()
+        own_redis.stop()
         down_at = time.monotonic()
         assert wait_until(lambda: all(not w.last["fleet"]["store_up"] for w in workers), 10.0), (
             "the workers never noticed the outage"

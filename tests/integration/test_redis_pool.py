@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -411,47 +410,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class OwnRedis:
-    """A redis-server this test starts, stops and restarts on one port."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def up() -> bool:
-            try:
-                return bool(redis.Redis(host=HOST, port=self.port, socket_timeout=0.5).ping())
-            except redis.ConnectionError:
-                return False
-
-        assert wait_until(up, 10), "redis-server did not start"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def own_redis() -> Iterator[OwnRedis]:
-    server = OwnRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_outage_opens_the_breaker_and_recovers(
-    make_pool: Callable[..., SmartRedisPool], own_redis: OwnRedis, name: str
+    make_pool: Callable[..., SmartRedisPool], own_redis: Any, name: str
 ) -> None:
     pool = make_pool(
         port=own_redis.port,
