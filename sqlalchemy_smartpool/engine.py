@@ -1528,12 +1528,10 @@ class PoolEngine(Generic[C]):
         finally:
             with self._lock:
                 self.core.counters[S.CONNECTIONS_CLOSED] += 1
-        if self.fleet is not None:
-            slot = getattr(conn, SLOT_ATTR, None)
-            if slot is not None:
-                self._lease_back(slot)
+        slot = getattr(conn, SLOT_ATTR, None)
+        if self.fleet is not None and slot is not None:
+            self._lease_back(slot)
         if logs.audit_enabled():
-            slot = getattr(conn, SLOT_ATTR, None)
             conn_id = slot.id if slot is not None else None
             age = round(self._clock() - slot.created_at, 3) if slot is not None else None
             condemned = describe_error(reason) if reason is not None else None

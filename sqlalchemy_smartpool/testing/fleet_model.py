@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..fleet import Answer, StoreDown, fair_shares
+from ..fleet import Answer, StoreDown, fair_shares, keep_limit, may_grant
 
 
 class ModelStore:
@@ -34,7 +34,7 @@ class ModelStore:
 
     # -- the script's steps ---------------------------------------------------------
 
-    def _begin(self) -> tuple[int, None]:
+    def _begin(self) -> int:
         if self.down:
             raise StoreDown("model store is down")
         self.calls += 1
@@ -43,25 +43,22 @@ class ModelStore:
             del self.expiry[h]
             self.info.pop(h, None)
             self.leases.pop(h, None)
-        return now, None
+        return now
 
     def _register(self, holder: str, now: int, floor: int, demand: int) -> None:
         self.expiry[holder] = now + self.ttl_ms
         self.info[holder] = (floor, demand)
 
-    def _shares(self, holder: str) -> tuple[int, int, int]:
+    def _shares(self, holder: str) -> tuple[int, int, int, int, int]:
+        """(share, keep, total, what the others lack of their shares, held) -- the script's shares()."""
         wants = {h: (f, max(d, f)) for h, (f, d) in self.info.items() if h in self.expiry}
         shares = fair_shares(self.budget, wants)
         held = {h: len(self.leases.get(h, ())) for h in self.expiry}
         total = sum(held.values())
-        share = shares[holder]
+        share, mine = shares[holder], held[holder]
         unmet = sum(max(shares[h] - held[h], 0) for h in self.expiry if h != holder)
-        mine = held[holder]
-        need = max(unmet - (self.budget - total), 0)
-        keep = -1
-        if mine > share and need > 0:
-            keep = mine - min(mine - share, need)
-        return share, keep, total
+        keep = keep_limit(held=mine, share=share, unmet_others=unmet, free=self.budget - total)
+        return share, keep, total, unmet, mine
 
     def _grant(self, holder: str) -> int:
         self.seq += 1
@@ -71,25 +68,18 @@ class ModelStore:
     # -- LeaseStore -----------------------------------------------------------------
 
     def acquire(self, holder: str, *, held: int, floor: int, demand: int) -> Answer:
-        now, _ = self._begin()
+        now = self._begin()
         if holder not in self.expiry and held > 0:
             return Answer(share=0, stale=True, alive=False)
         self._register(holder, now, floor, demand)
-        share, keep, total = self._shares(holder)
-        unmet = self._unmet(holder)
-        mine = len(self.leases.get(holder, ()))
-        if total < self.budget and (mine < share or total + unmet < self.budget):
+        share, keep, total, unmet, mine = self._shares(holder)
+        if may_grant(self.budget, total=total, held=mine, share=share, unmet_others=unmet):
             token = self._grant(holder)
             return Answer(share=share, keep=keep, total=total + 1, token=token, holders=len(self.expiry))
         return Answer(share=share, keep=keep, total=total, holders=len(self.expiry))
 
-    def _unmet(self, holder: str) -> int:
-        wants = {h: (f, max(d, f)) for h, (f, d) in self.info.items() if h in self.expiry}
-        shares = fair_shares(self.budget, wants)
-        return sum(max(shares[h] - len(self.leases.get(h, ())), 0) for h in self.expiry if h != holder)
-
     def sync(self, holder: str, *, tokens: Sequence[int], unleased: int, floor: int, demand: int) -> Answer:
-        now, _ = self._begin()
+        now = self._begin()
         alive = holder in self.expiry
         mine = self.leases.setdefault(holder, set())
         if alive:
@@ -100,12 +90,12 @@ class ModelStore:
             lost = list(tokens)
         self._register(holder, now, floor, demand)
         want = unleased + len(lost)
-        _share, _keep, total = self._shares(holder)
+        total = self._shares(holder)[2]
         granted: list[int] = []
         while len(granted) < want and total < self.budget:
             granted.append(self._grant(holder))
             total += 1
-        share, keep, total = self._shares(holder)
+        share, keep, total, _, _ = self._shares(holder)
         return Answer(
             share=share, keep=keep, total=total, lost=tuple(lost), granted=tuple(granted), alive=alive
         )
